@@ -1,0 +1,3 @@
+from ddpmctl.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""`ddpmctl data show NAME`: look at a dataset, and at the forward process on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+
+from ddpmctl import registry
+from ddpmctl.cli.common import console, parse_options
+from ddpmctl.diffusion import q_sample
+from ddpmctl.pipeline import build_dataset
+
+app = typer.Typer(help="Look at datasets.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="Dataset plugin, for example spiral or 8gaussians.")],
+    noise: Annotated[bool, typer.Option(help="Show the forward process q(x_t | x_0) at t = 0 ... T.")] = False,
+    schedule: Annotated[str, typer.Option(help="Noise schedule for --noise.")] = "linear",
+    n: Annotated[int, typer.Option(min=1, help="Points (or images) shown.")] = 2000,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Dataset option KEY=VALUE (repeatable).")] = None,
+    digits: Annotated[Optional[str], typer.Option(help="Digit subset for MNIST-like data.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG path (default: NAME.png or NAME-noise.png here).")] = None,
+):
+    """Save a PNG of a dataset; with --noise, of x_t at eight times from t = 0 to T."""
+    from ddpmctl import plots
+
+    opts = parse_options(option)
+    if digits is not None:
+        opts["digits"] = digits
+    registry.validate_options("dataset", name, opts)
+    sched = registry.build("schedule", schedule, {}) if noise else None
+    ds = build_dataset(name, opts)
+    x = ds.x[torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]]
+    out = out or Path(f"{name}{'-noise' if noise else ''}.png")
+    if ds.kind == "points":
+        if noise:
+            T = sched.T
+            ts = [0] + [round(T * k / 7) - 1 for k in range(1, 8)]
+            eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+            frames = [("x_0 (data)" if t == 0 else f"t = {t + 1}", q_sample(sched, x, torch.full((len(x),), t), eps) if t > 0 else x) for t in ts]
+            plots.panels_2d(frames, out, title=f"{name}: forward process q(x_t | x_0), {schedule} schedule, T = {T}", lim=(-4, 4))
+        else:
+            lim = float(x.abs().max()) * 1.1
+            plots.panels_2d([(f"{name} (n={len(x)})", x)], out, lim=(-lim, lim))
+    else:
+        imgs = x[:64]
+        if noise:
+            T = sched.T
+            ts = [round(T * k / 7) - 1 for k in range(1, 8)]
+            rows = [imgs[:8]] + [q_sample(sched, imgs[:8], torch.full((8,), t), torch.randn_like(imgs[:8])) for t in ts]
+            plots.image_grid(torch.cat(rows), out, nrow=8)
+        else:
+            plots.image_grid(imgs, out)
+    console.print(f"saved {out} ({len(ds)} examples, shape {tuple(ds.shape)})")

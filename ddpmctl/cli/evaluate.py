@@ -1,0 +1,73 @@
+"""`ddpmctl eval RUN --metric NAME`: metrics of a run's samples, each beside its floor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import torch
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from ddpmctl import registry
+from ddpmctl.checkpoint import atomic_write_bytes
+from ddpmctl.cli.common import console, parse_options
+from ddpmctl.cli.sample import _check_steps
+from ddpmctl.errors import DataError
+from ddpmctl.pipeline import load_model, sample as draw
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `ddpmctl train`.")],
+    metric: Annotated[list[str], typer.Option(help="Metric plugin (repeatable): kl, wasserstein, sliced-wasserstein, ...")] = ["wasserstein"],  # noqa: B006
+    n: Annotated[int, typer.Option(min=2, help="Number of samples (and of reference points).")] = 2000,
+    seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
+    sampler: Annotated[str, typer.Option(help="Sampler plugin.")] = "ddpm",
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: all T).")] = None,
+    samples: Annotated[Optional[Path], typer.Option(help="Evaluate this .npz from `ddpmctl sample` instead of sampling.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Metric option METRIC.KEY=VALUE (repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+):
+    """Compute metrics between a run's samples and real data; saves JSON in RUN/eval/."""
+    model = load_model(run, device)
+    _check_steps(model, steps)
+    opts = parse_options(option, kinds=tuple(metric))
+    metrics = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metric]  # every name checked first
+
+    if samples is not None:
+        x, rec = _read_samples(samples)
+    else:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"sampling {n} with {sampler}", total=n)
+            x, rec = draw(model, n, sampler, steps, seed, None, callback=None, on_batch=lambda b: bar.advance(task, b))
+
+    table = Table(title=f"{model.run.path.name} (step {model.step}, {rec['sampler']}, {rec['nfe']} NFE, n={len(x)})")
+    for col in ("metric", "value", "floor (real vs real)", "value / floor"):
+        table.add_column(col)
+    (model.run.path / "eval").mkdir(exist_ok=True)
+    for name, fn, o in metrics:
+        result = fn(x, model.dataset(), **o.model_dump())
+        for key, value in result.values.items():
+            floor = result.floor.get(key, float("nan"))
+            ratio = value / floor if floor else float("nan")
+            table.add_row(key, f"{value:.4g}", f"{floor:.4g}", f"{ratio:.2f}")
+        out = {**result.to_dict(), "sampling": rec, "run": str(model.run.path)}
+        path = model.run.path / "eval" / f"{name}-{rec['sampler']}-{rec['steps']}steps-n{len(x)}.json"
+        atomic_write_bytes(path, json.dumps(out, indent=2).encode())
+    console.print(table)
+    console.print(f"saved in {model.run.path / 'eval'}")
+
+
+def _read_samples(path: Path):
+    if not path.is_file():
+        raise DataError(f"samples file {path} does not exist; make one with `ddpmctl sample RUN`.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x = torch.from_numpy(f["samples"]).float()
+            rec = json.loads(str(f["record"])) if "record" in f else {"sampler": "?", "steps": "?", "nfe": "?"}
+    except (ValueError, KeyError, OSError) as exc:
+        raise DataError(f"{path} is not a samples file from `ddpmctl sample` ({exc}).") from None
+    return x, rec

@@ -1,0 +1,122 @@
+"""Settings: defaults < TOML file (--config) < environment (DDPMCTL_...) < command-line flags.
+
+Unknown keys are errors wherever they come from. A value left at ``None`` takes the default
+of the data's phase (2-D points or images), resolved once the dataset is known; the
+resolved config is what a run saves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+from ddpmctl.errors import ConfigError, format_validation_error
+
+ENV_PREFIX = "DDPMCTL_"
+_toml_file: contextvars.ContextVar[Optional[Path]] = contextvars.ContextVar("toml_file", default=None)
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        sources = [init_settings, env_settings]
+        path = _toml_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+class TrainSettings(_Base):
+    """Everything `ddpmctl train` needs. ``None`` means: the default for the data's phase."""
+
+    data: str = Field("spiral", description="dataset plugin name")
+    data_options: dict[str, Any] = Field(default_factory=dict, description="options of the dataset plugin")
+    network: Optional[str] = Field(None, description="network plugin name (default: mlp for 2-D, unet for images)")
+    network_options: dict[str, Any] = Field(default_factory=dict, description="options of the network plugin")
+    schedule: str = Field("linear", description="noise schedule plugin name")
+    schedule_options: dict[str, Any] = Field(default_factory=dict, description="options of the schedule (T, ...)")
+    prediction: Literal["eps", "x0", "v"] = Field("eps", description="what the network predicts")
+    cond: Literal["none", "class"] = Field("none", description="class-conditional training")
+    p_uncond: float = Field(0.1, ge=0, le=1, description="probability of dropping the label (classifier-free guidance)")
+    steps: Optional[int] = Field(None, ge=1, description="training iterations")
+    batch_size: Optional[int] = Field(None, ge=1, description="examples per iteration")
+    lr: Optional[float] = Field(None, gt=0, description="AdamW peak learning rate")
+    warmup: int = Field(200, ge=0, description="linear learning-rate warm-up, in iterations")
+    lr_decay: Literal["none", "cosine"] = Field("cosine", description="learning-rate decay after warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights used for sampling")
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
+    seed: int = Field(0, ge=0, description="seed of weights, batches and noise")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="iterations between checkpoints")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept on disk")
+    log_every: int = Field(50, ge=1, description="iterations between loss records")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    runs_dir: Path = Field(Path("runs"), description="where run directories are made")
+    name: Optional[str] = Field(None, description="run name (default: <data>-<date>-<time>)")
+    data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")
+
+
+PHASE_DEFAULTS = {
+    "points": {"network": "mlp", "steps": 6000, "batch_size": 1024, "lr": 2e-3, "checkpoint_every": 1000},
+    "images": {"network": "unet", "steps": 6000, "batch_size": 128, "lr": 1e-3, "checkpoint_every": 500},
+}
+
+# Keys that may change when a run is resumed; any other difference is an incompatible config.
+RESUMABLE = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "runs_dir", "name", "data_dir"}
+
+
+def load_settings(cls: type[_Base], config_file: Path | None = None, base: dict | None = None, **flags) -> _Base:
+    """Build settings from the layers; ``base`` (a saved run config) sits below the TOML file."""
+    if config_file is not None and not Path(config_file).is_file():
+        raise ConfigError(f"config file {config_file} does not exist.")
+    check_env(cls)
+    token = _toml_file.set(Path(config_file) if config_file else None)
+    try:
+        if base is None:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        # saved config < TOML < env < flags: validate the layers above, then lay them over it.
+        above = cls(**{k: v for k, v in flags.items() if v is not None})
+        explicit = above.model_fields_set
+        merged = dict(base)
+        for key in explicit:
+            value = getattr(above, key)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        _toml_file.set(None)
+        return cls.model_validate(merged)
+    except ValidationError as err:
+        where = f" (from {config_file})" if config_file else ""
+        raise ConfigError(format_validation_error(err, f"configuration{where}") + ".") from None
+    except Exception as exc:  # a TOML syntax error
+        if type(exc).__name__ == "TOMLDecodeError":
+            raise ConfigError(f"config file {config_file} is not valid TOML ({exc}).") from None
+        raise
+    finally:
+        _toml_file.reset(token)
+
+
+def check_env(cls: type[_Base]) -> None:
+    """Unknown DDPMCTL_* variables are errors too (a typo would otherwise be silently ignored)."""
+    known = {ENV_PREFIX + f.upper() for f in cls.model_fields} | {ENV_PREFIX + "DEBUG"}
+    for var in os.environ:
+        if var.startswith(ENV_PREFIX) and var.split("__")[0] not in known and var not in GLOBAL_ENV:
+            fields = ", ".join(sorted(ENV_PREFIX + f.upper() for f in cls.model_fields))
+            raise ConfigError(f"unknown environment variable {var}; known: {fields}.")
+
+
+GLOBAL_ENV = {"DDPMCTL_DATA_DIR", "DDPMCTL_DEBUG", "DDPMCTL_RUNS_DIR"}
+
+
+def data_dir() -> Path:
+    """Where datasets live: $DDPMCTL_DATA_DIR, else ~/.cache/ddpmctl/data."""
+    env = os.environ.get("DDPMCTL_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddpmctl" / "data"

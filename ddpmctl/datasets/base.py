@@ -1,0 +1,39 @@
+"""The dataset contract: a tensor of examples, its labels, its shape, and fresh draws."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class Dataset:
+    """Examples ``x`` (N, *shape), float32; images are scaled to [-1, 1].
+
+    ``y`` holds integer labels when the data has classes (``num_classes`` > 0).
+    ``fresh(n, seed)`` returns (x, y) drawn independently of ``x``: new samples for a
+    distribution that can be sampled, the held-out split for a finite set. Metric floors
+    compare two such draws.
+    """
+
+    name: str
+    x: torch.Tensor
+    y: Optional[torch.Tensor] = None
+    num_classes: int = 0
+    kind: str = "points"  # "points" (2-D) or "images"
+    fresh_fn: Optional[Callable[[int, int], tuple[torch.Tensor, Optional[torch.Tensor]]]] = field(default=None, repr=False)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def fresh(self, n: int, seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.fresh_fn is None:
+            raise NotImplementedError(f"dataset {self.name!r} cannot draw a fresh set")
+        return self.fresh_fn(n, seed)

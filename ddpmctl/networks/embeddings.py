@@ -1,0 +1,34 @@
+"""Embeddings shared by the networks."""
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (integer) timesteps, as in the Transformer and DDPM. (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([args.cos(), args.sin()], dim=-1)
+    return nn.functional.pad(emb, (0, dim % 2))
+
+
+class TimeLabelEmbedding(nn.Module):
+    """t -> sinusoidal -> MLP, plus an optional learned label embedding (index num_classes = null
+    label, used for classifier-free guidance)."""
+
+    def __init__(self, dim: int, out_dim: int, num_classes: int = 0):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.label = nn.Embedding(num_classes + 1, out_dim) if num_classes > 0 else None
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.mlp(timestep_embedding(t, self.dim))
+        if self.label is not None:
+            if y is None:  # no label given: the null (unconditional) label
+                y = torch.full_like(t, self.label.num_embeddings - 1)
+            emb = emb + self.label(y)
+        return emb

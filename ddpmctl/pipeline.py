@@ -1,0 +1,189 @@
+"""From names to built objects: the glue between config, registries and the pure core.
+
+Nothing here prints or exits; the CLI does that.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ddpmctl import __version__, registry
+from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
+from ddpmctl.datasets.base import Dataset
+from ddpmctl.denoiser import Denoiser
+from ddpmctl.errors import DataError, RunError
+from ddpmctl.run import RunDir
+from ddpmctl.samplers.base import randn
+from ddpmctl.schedules import Schedule
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu or auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RunError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
+
+
+def build_dataset(name: str, options: dict) -> Dataset:
+    ds = registry.build("dataset", name, options)
+    if len(ds) == 0:
+        raise DataError(f"dataset {name!r} is empty with options {options}; loosen the filter (for example --digits).")
+    return ds
+
+
+def validate_plugins(s: TrainSettings, kind: str) -> dict[str, Any]:
+    """Check every name and option of a training config before any heavy work; returns the plugin record."""
+    registry.validate_options("dataset", s.data, s.data_options)
+    registry.validate_options("network", s.network or PHASE_DEFAULTS[kind]["network"], s.network_options)
+    registry.validate_options("schedule", s.schedule, s.schedule_options)
+    return {}
+
+
+def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:
+    """Fill the phase defaults (values left at None) for this dataset's kind."""
+    defaults = PHASE_DEFAULTS[ds.kind]
+    filled = {k: v for k, v in defaults.items() if getattr(s, k) is None}
+    return s.model_copy(update=filled)
+
+
+def plugin_record(s: TrainSettings) -> dict[str, dict]:
+    out = {}
+    for kind, name in (("dataset", s.data), ("network", s.network), ("schedule", s.schedule)):
+        e = registry.entry(kind, name)
+        out[kind] = {"name": name, "dist": e.dist, "version": e.version}
+    return out
+
+
+def build_network(s: dict, data_shape, num_classes: int) -> torch.nn.Module:
+    conditional = s["cond"] == "class"
+    return registry.build(
+        "network",
+        s["network"],
+        s["network_options"],
+        data_shape=tuple(data_shape),
+        num_classes=num_classes if conditional else 0,
+    )
+
+
+def build_schedule(s: dict) -> Schedule:
+    return registry.build("schedule", s["schedule"], s["schedule_options"])
+
+
+def run_name(s: TrainSettings) -> str:
+    return s.name or f"{s.data}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class Model:
+    """A trained model loaded from a run directory (EMA weights), ready to sample."""
+
+    run: RunDir
+    config: dict
+    data: dict
+    net: torch.nn.Module
+    schedule: Schedule
+    step: int
+    device: torch.device
+    _dataset: Optional[Dataset] = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data["num_classes"] if self.config["cond"] == "class" else 0
+
+    def denoiser(self, guidance: float = 1.0, clip_x0: float | None = None) -> Denoiser:
+        return Denoiser(self.net, self.schedule, self.config["prediction"], self.num_classes, guidance, clip_x0)
+
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = build_dataset(self.config["data"], self.config["data_options"])
+        return self._dataset
+
+
+def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None) -> Model:
+    run = RunDir.open(path)
+    record = run.record
+    cfg, data = record["config"], record["data"]
+    dev = pick_device(device)
+    net = build_network(cfg, data["shape"], data["num_classes"])
+    tensors, meta, _, _ = run.load_checkpoint(checkpoint)
+    from ddpmctl.checkpoint import split
+
+    net.load_state_dict(split(tensors, "ema"))
+    net = net.to(dev).eval().requires_grad_(False)
+    return Model(run, cfg, data, net, build_schedule(cfg), int(meta["step"]), dev)
+
+
+NOISE_BLOCK = 16  # sample i draws its noise from the generator of block i // 16: batch size does not matter
+
+
+def block_generators(seed: int, start: int, n: int, device) -> list[torch.Generator]:
+    first, last = start // NOISE_BLOCK, (start + n - 1) // NOISE_BLOCK
+    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + b) for b in range(first, last + 1)]
+
+
+def sample(
+    model: Model,
+    n: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    seed: int = 0,
+    options: dict | None = None,
+    batch_size: int = 2048,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    clip_x0: float | None = None,
+    callback: Callable | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Draw n samples; sample i depends only on (seed, i), not on the batch size.
+
+    ``callback(i, S, t, x_t, x0_hat)`` sees the first batch's trajectory. Returns the samples
+    (float32, CPU) and a record of how they were drawn.
+    """
+    fn, opts = registry.resolve("sampler", sampler, options)
+    batch_size = max(NOISE_BLOCK, batch_size // NOISE_BLOCK * NOISE_BLOCK)
+    out, nfe = [], 0
+    clipped = 0
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        gens = block_generators(seed, start, b, model.device)
+        # Each block generator yields whole blocks; a last partial block uses its first rows.
+        pad = len(gens) * NOISE_BLOCK - b
+        x_T = randn((b + pad, *model.data["shape"]), gens, model.device)
+        y = None
+        if labels is not None:
+            y = labels[start : start + b].to(model.device)
+            y = torch.cat([y, y[:1].expand(pad)]) if pad else y
+        den = model.denoiser(guidance, clip_x0)
+        x0, used = fn(den, x_T, steps, gens, callback if start == 0 else None, y, **opts.model_dump())
+        out.append(x0[:b].float().cpu())
+        nfe = used
+        clipped += den.clip_count
+        if on_batch:
+            on_batch(b)
+    record = {
+        "n": n, "sampler": sampler, "options": opts.model_dump(), "steps": steps or model.schedule.T,
+        "nfe": nfe, "seed": seed, "guidance": guidance, "clip_x0": clip_x0, "clipped_values": clipped,
+        "checkpoint_step": model.step,
+    }
+    return torch.cat(out), record
+
+
+def versions() -> dict[str, str]:
+    out = {"ddpmctl": __version__, "torch": torch.__version__}
+    for dist in ("pot", "pytorch-fid", "torchvision"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,122 @@
+"""PNG (and GIF) figures: loss curves, 2-D samples over data, trajectories, the forward process."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _smooth(v: np.ndarray, k: int) -> np.ndarray:
+    if len(v) < k or k < 2:
+        return v
+    return np.convolve(v, np.ones(k) / k, mode="valid")
+
+
+def loss_curve(records: Sequence[dict], path: Path, title: str = "") -> Path:
+    recs = [r for r in records if "loss" in r]
+    steps = np.array([r["step"] for r in recs])
+    loss = np.array([r["loss"] for r in recs])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, alpha=0.35, lw=1, label="loss")
+    k = max(1, len(loss) // 20)
+    if k > 1:
+        ax.plot(steps[k - 1 :], _smooth(loss, k), lw=2, label=f"moving mean ({k} records)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title or "training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _lim(data: np.ndarray) -> tuple[float, float]:
+    r = float(np.abs(data).max()) * 1.1
+    return -r, r
+
+
+def scatter_2d(samples: torch.Tensor, data: torch.Tensor, path: Path, title: str = "") -> Path:
+    s, d = samples.numpy(), data.numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    for ax, pts, name, color in ((axes[0], d, "data", "tab:blue"), (axes[1], s, "samples", "tab:orange")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color=color)
+        ax.set_title(f"{name} (n={len(pts)})")
+        ax.set_aspect("equal")
+    lo, hi = _lim(d)
+    axes[0].set_xlim(lo, hi)
+    axes[0].set_ylim(lo, hi)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _frame_2d(ax, x: np.ndarray, lim, title: str):
+    ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.5, color="tab:orange")
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def panels_2d(frames: Sequence[tuple[str, torch.Tensor]], path: Path, title: str = "", lim=None) -> Path:
+    """A row (or grid) of 2-D scatter panels, one per (label, points)."""
+    n = len(frames)
+    cols = min(n, 5)
+    rows = (n + cols - 1) // cols
+    if lim is None:
+        lim = (-4.0, 4.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (label, x) in zip(axes.flat, frames):
+        _frame_2d(ax, x.numpy(), lim, label)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def gif_2d(frames: Sequence[tuple[str, torch.Tensor]], path: Path, lim=(-4.0, 4.0), ms_per_frame: int = 120) -> Path:
+    images = []
+    for label, x in frames:
+        fig, ax = plt.subplots(figsize=(3.2, 3.2))
+        _frame_2d(ax, x.numpy(), lim, label)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        buf.seek(0)
+        images.append(Image.open(buf).convert("P", palette=Image.ADAPTIVE))
+    # hold the last frame a little longer
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 8]
+    path = Path(path)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return path
+
+
+def image_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: int = 1) -> Path:
+    """Save images in [-1, 1], (N, C, H, W), as one PNG grid."""
+    import torchvision.utils as vutils
+
+    nrow = nrow or int(np.ceil(np.sqrt(images.shape[0])))
+    grid = vutils.make_grid(((images.clamp(-1, 1) + 1) / 2).float(), nrow=nrow, padding=pad, pad_value=1.0)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(path)
+    return path
