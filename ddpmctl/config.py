@@ -45,6 +45,8 @@ class TrainSettings(_Base):
     prediction: Literal["eps", "x0", "v"] = Field("eps", description="what the network predicts")
     cond: Literal["none", "class"] = Field("none", description="class-conditional training")
     p_uncond: float = Field(0.1, ge=0, le=1, description="probability of dropping the label (classifier-free guidance)")
+    learn_sigma: bool = Field(False, description="also learn the reverse-process variance (Nichol & Dhariwal 2021), hybrid loss")
+    vlb_weight: float = Field(0.001, ge=0, description="lambda of the hybrid loss L_simple + lambda L_vlb (with learn_sigma)")
     steps: Optional[int] = Field(None, ge=1, description="training iterations")
     batch_size: Optional[int] = Field(None, ge=1, description="examples per iteration")
     lr: Optional[float] = Field(None, gt=0, description="AdamW peak learning rate")
@@ -64,7 +66,7 @@ class TrainSettings(_Base):
 
 
 PHASE_DEFAULTS = {
-    "points": {"network": "mlp", "steps": 6000, "batch_size": 1024, "lr": 2e-3, "checkpoint_every": 1000},
+    "points": {"network": "mlp", "steps": 8000, "batch_size": 512, "lr": 2e-3, "checkpoint_every": 1000},
     "images": {"network": "unet", "steps": 6000, "batch_size": 128, "lr": 1e-3, "checkpoint_every": 500},
 }
 

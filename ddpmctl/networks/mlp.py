@@ -13,7 +13,7 @@ from ddpmctl.registry import PluginOptions
 
 
 class MLPOptions(PluginOptions):
-    width: int = Field(256, ge=8, le=8192, description="hidden width")
+    width: int = Field(128, ge=8, le=8192, description="hidden width")
     depth: int = Field(4, ge=1, le=64, description="number of residual blocks")
     emb_dim: int = Field(128, ge=4, le=4096, description="size of the sinusoidal time embedding")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside each block")
@@ -38,7 +38,7 @@ class MLP(nn.Module):
 
     Options = MLPOptions
 
-    def __init__(self, width=256, depth=4, emb_dim=128, dropout=0.0, *, data_shape, num_classes=0, out_mult=1):
+    def __init__(self, width=128, depth=4, emb_dim=128, dropout=0.0, *, data_shape, num_classes=0, out_mult=1):
         super().__init__()
         self.data_shape = tuple(data_shape)
         d = math.prod(self.data_shape)

@@ -1,0 +1,57 @@
+"""Shared fixtures: running the CLI as a user does, and a tiny trained 2-D run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# In-process tests do tiny tensor work, where extra threads only spin (and CI shares 2 cores).
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A small model and a short schedule: trains in seconds, still a real diffusion model.
+TINY = ["--steps", "300", "-o", "network.width=32", "-o", "network.depth=2", "-o", "schedule.T=100",
+        "-o", "data.n=5000", "--batch-size", "256", "--checkpoint-every", "100"]
+
+
+def cli(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `ddpmctl ARGS` in a fresh process, as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DDPMCTL_")}
+    full_env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ddpmctl", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A user error: non-zero exit, no traceback, one line on stderr naming the problem."""
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, f"expected failure, got exit 0:\n{out}"
+    assert "Traceback" not in out, out
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    msg = lines[0]
+    for fragment in fragments:
+        assert fragment.lower() in msg.lower(), f"{fragment!r} not in {msg!r}"
+    return msg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A 2-D run trained for 300 steps on 8 gaussians (session-wide; treat as read-only)."""
+    runs = tmp_path_factory.mktemp("runs")
+    assert_ok(cli("train", "--data", "8gaussians", "--name", "tiny", "--runs-dir", runs, *TINY))
+    return runs / "tiny"

@@ -1,0 +1,79 @@
+"""Checkpoints: safetensors round trip, atomic writes, damage detected and named, fallback."""
+
+import os
+
+import pytest
+import torch
+
+from ddpmctl import checkpoint
+from ddpmctl.errors import CheckpointError
+from ddpmctl.run import RunDir
+
+
+def tensors(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"model/w": torch.randn(64, 64, generator=g), "model/b": torch.zeros(3), "rng/g": torch.arange(5, dtype=torch.uint8)}
+
+
+def test_round_trip_and_metadata(tmp_path):
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, tensors(), {"step": 7, "config": {"a": [1, 2]}})
+    t, meta = checkpoint.load(p)
+    assert all(torch.equal(t[k], v) for k, v in tensors().items())
+    assert meta["step"] == 7 and meta["config"] == {"a": [1, 2]} and meta["ddpmctl_version"]
+
+
+def test_truncated_file_is_named(tmp_path):
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, tensors(), {"step": 1})
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted") as err:
+        checkpoint.load(p)
+    assert str(p) in str(err.value)
+
+
+def test_flipped_bytes_are_caught_by_the_content_hash(tmp_path):
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, tensors(), {"step": 1})
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF  # inside the tensor data: the header still parses
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="content hash"):
+        checkpoint.load(p)
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, tensors(0), {"step": 1})
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(CheckpointError, match="No space left"):
+        checkpoint.save(p, tensors(1), {"step": 2})
+    monkeypatch.undo()
+    t, meta = checkpoint.load(p)
+    assert meta["step"] == 1 and torch.equal(t["model/w"], tensors(0)["model/w"])
+    assert [f.name for f in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left behind
+
+
+def test_run_falls_back_to_the_previous_good_checkpoint(tmp_path):
+    run = RunDir.create(tmp_path / "r", {"config": {}})
+    for step in (10, 20, 30):
+        run.save_checkpoint(step, tensors(step), {}, keep=3)
+    assert [s for s, _ in run.checkpoints()] == [10, 20, 30]
+    assert run.latest().name == "step-00000030.safetensors"
+    newest = run.latest()
+    newest.write_bytes(newest.read_bytes()[:100])
+    t, meta, path, skipped = run.load_checkpoint()
+    assert meta["step"] == 20 and path.name == "step-00000020.safetensors"
+    assert len(skipped) == 1 and "step-00000030" in skipped[0]
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    run = RunDir.create(tmp_path / "r", {"config": {}})
+    for step in range(1, 6):
+        run.save_checkpoint(step, tensors(), {}, keep=2)
+    assert [s for s, _ in run.checkpoints()] == [4, 5]
