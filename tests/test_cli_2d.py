@@ -1,9 +1,15 @@
 """The 2-D phase end to end through the command line, and its error messages."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -111,3 +117,27 @@ def test_resume_with_an_incompatible_config(tiny_run, tmp_path):
     assert_clean_error(cli("train", "--resume", tiny_run, "--data", "spiral"), "cannot resume", "data")
     assert_clean_error(cli("train", "--resume", tiny_run), "already reached step 300")
     assert_clean_error(cli("train", "--resume", tmp_path / "nope"), "does not exist")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DDPMCTL_")}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ddpmctl", "train", "--data", "moons", "--name", "i", "--runs-dir", str(runs),
+         "--steps", "1000000", "--checkpoint-every", "100000", "-o", "network.width=16", "-o", "network.depth=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    metrics = runs / "i" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.2)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + sig, out + err
+    assert "Traceback" not in out + err
+    assert "interrupted at step" in out and "--resume" in out
+    ckpts = sorted((runs / "i" / "checkpoints").glob("step-*.safetensors"))
+    assert len(ckpts) == 1 and int(ckpts[0].stem.split("-")[1]) >= 50  # saved where it stopped
+    assert (runs / "i" / "latest").read_text().strip() == ckpts[0].name
