@@ -65,6 +65,13 @@ class RunDir:
         found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name))]
         return sorted(found)
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete temporary files left by a process killed while writing (see atomic_write_bytes)."""
+        found = [p for d in (self.path, self.checkpoint_dir) if d.is_dir() for p in d.glob(".*.tmp")]
+        for p in found:
+            p.unlink(missing_ok=True)
+        return found
+
     def latest(self) -> Path | None:
         f = self.path / "latest"
         if f.is_file():
