@@ -1,4 +1,5 @@
-"""`ddpmctl data show NAME`: look at a dataset, and at the forward process on it."""
+"""`ddpmctl data show NAME`: look at a dataset, and at the forward process on it.
+`ddpmctl data fetch NAME [--from DIR]`: download a dataset, or import its original files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,21 @@ from ddpmctl.cli.common import console, parse_options
 from ddpmctl.diffusion import q_sample
 from ddpmctl.pipeline import build_dataset
 
-app = typer.Typer(help="Look at datasets.", no_args_is_help=True)
+app = typer.Typer(help="Fetch and look at datasets.", no_args_is_help=True)
+
+
+@app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="Dataset: mnist (also mnist16), fashion-mnist, cifar10 or emoji32.")],
+    source: Annotated[Optional[Path], typer.Option("--from", help="Import the original files from this folder (or archive) instead of downloading; MD5s are checked.")] = None,
+):
+    """Download a dataset into the data directory ($DDPMCTL_DATA_DIR), or import it with --from DIR."""
+    from ddpmctl.config import data_dir
+    from ddpmctl.datasets.fetch import fetch as fetch_data
+
+    for line in fetch_data(name, source):
+        console.print(line)
+    console.print(f"data directory: {data_dir()}")
 
 
 @app.command("show")
@@ -48,7 +63,7 @@ def show(
             lim = float(x.abs().max()) * 1.1
             plots.panels_2d([(f"{name} (n={len(x)})", x)], out, lim=(-lim, lim))
     else:
-        imgs = x[:64]
+        imgs = x[: min(n, 64)]
         if noise:
             T = sched.T
             ts = [round(T * k / 7) - 1 for k in range(1, 8)]
