@@ -120,3 +120,46 @@ def image_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: i
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(path)
     return path
+
+
+def quality_vs_nfe(rows: Sequence[dict], keys: Sequence[str], floors: dict, path: Path, title: str = "") -> Path:
+    """Metric against network evaluations (log x), one line per sampler, one panel per metric
+    key, the real-vs-real floor as a dashed line."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    for ax, key in zip(axes.flat, keys):
+        for name in samplers:
+            pts = sorted((r["nfe"], r[key]) for r in rows if r["sampler"] == name and np.isfinite(r.get(key, np.nan)))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        if key in floors and np.isfinite(floors[key]):
+            ax.axhline(floors[key], ls="--", color="gray", label="floor (real vs real)")
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations (NFE)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def paths_2d(paths: torch.Tensor, data: torch.Tensor, path: Path, title: str = "", ends: torch.Tensor | None = None) -> Path:
+    """Paths of 2-D points, (K, B, 2): each of B points along K frames, over the data in gray;
+    ``ends`` (2, 2), when given, are marked as the two real points interpolated between."""
+    p, d = paths.numpy(), data.numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(d[:, 0], d[:, 1], s=1, alpha=0.2, color="gray")
+    for b in range(p.shape[1]):
+        ax.plot(p[:, b, 0], p[:, b, 1], lw=0.8, alpha=0.6, color=plt.cm.viridis(b / max(1, p.shape[1] - 1)))
+    ax.scatter(p[0, :, 0], p[0, :, 1], s=8, marker="o", color="tab:blue", label="first frame", zorder=3)
+    ax.scatter(p[-1, :, 0], p[-1, :, 1], s=10, marker="x", color="tab:red", label="last frame", zorder=3)
+    if ends is not None:
+        e = ends.numpy()
+        ax.scatter(e[:, 0], e[:, 1], s=60, marker="*", color="black", label="real points", zorder=4)
+    lo, hi = _lim(d)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ddpmctl.registry import PluginOptions, with_options
 
@@ -51,6 +51,13 @@ class Schedule:
     def beta_tilde(self) -> torch.Tensor:
         """Posterior variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 7)."""
         return (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar) * self.beta
+
+    @cached_property
+    def log_beta_tilde_clipped(self) -> torch.Tensor:
+        """log beta-tilde_t with the t = 1 value (which is 0) replaced by that of t = 2, as in
+        improved DDPM's code, so that the learned-variance interpolation stays finite."""
+        bt = self.beta_tilde
+        return torch.log(torch.cat([bt[1:2], bt[1:]])) if self.T > 1 else torch.log(self.beta)
 
     @cached_property
     def posterior_mean_coef1(self) -> torch.Tensor:
@@ -111,3 +118,30 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule
     alpha_bar = f / f[0]
     beta = (1.0 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
     return from_betas(beta, name="cosine")
+
+
+class SigmoidOptions(PluginOptions):
+    T: int = Field(1000, ge=2, le=100_000, description="number of diffusion steps")
+    start: float = Field(-3.0, description="left end of the sigmoid's input range")
+    end: float = Field(3.0, description="right end of the sigmoid's input range")
+    tau: float = Field(1.0, gt=0, description="temperature: larger tau is closer to linear in t")
+    max_beta: float = Field(0.999, gt=0, lt=1, description="clip on beta_t near t = T (alpha_bar(1) = 0)")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.start < self.end:
+            raise ValueError(f"start ({self.start}) must be less than end ({self.end})")
+        return self
+
+
+@with_options(SigmoidOptions)
+def sigmoid(T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999) -> Schedule:
+    """Sigmoid schedule, alpha_bar(t) = (s(end/tau) - s((t (end - start) + start)/tau)) /
+    (s(end/tau) - s(start/tau)), s the logistic function (Chen 2023, Algorithm 1; Jabri et al.
+    2022), on t = i/T, with beta_t clipped at max_beta."""
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    alpha_bar = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)  # Chen 2023, Alg. 1
+    beta = (1.0 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+    return from_betas(beta, name="sigmoid")

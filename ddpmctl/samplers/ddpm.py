@@ -1,5 +1,6 @@
 """Ancestral sampling (Ho et al. 2020, Algorithm 2), on all or a strided subset of the
-training timesteps (respacing, Nichol & Dhariwal 2021, sec. 4)."""
+training timesteps (respacing, Nichol & Dhariwal 2021, sec. 4), with a fixed or a learned
+variance (Nichol & Dhariwal 2021, eq. 15)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from ddpmctl.diffusion import learned_log_variance
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, check_finite, randn_like, uniform_timesteps
+from ddpmctl.samplers.base import Callback, check_finite, quadratic_timesteps, randn_like, uniform_timesteps
 
 
 class DDPMOptions(PluginOptions):
-    variance: Literal["beta", "beta_tilde"] = Field(
-        "beta_tilde",
-        description="sigma_t^2 = beta_t (upper bound) or the posterior variance beta-tilde_t (lower bound)",
+    variance: Literal["auto", "learned", "beta", "beta_tilde"] = Field(
+        "auto",
+        description="sigma_t^2: beta_t (upper bound), the posterior variance beta-tilde_t (lower bound), "
+        "the model's learned interpolation of the two, or auto (learned when the model has it, else beta_tilde)",
     )
+    spacing: Literal["uniform", "quadratic"] = Field("uniform", description="which training timesteps a respaced run visits")
 
 
 @with_options(DDPMOptions)
@@ -28,12 +32,18 @@ def ddpm(
     generator=None,
     callback: Callback = None,
     y: torch.Tensor | None = None,
-    variance: str = "beta_tilde",
+    variance: str = "auto",
+    spacing: str = "uniform",
 ) -> tuple[torch.Tensor, int]:
-    """Ancestral DDPM sampler; returns (x_0, number of network evaluations)."""
+    """Ancestral DDPM sampler (Ho et al. 2020, Alg. 2), respaced; returns (x_0, network evaluations).
+
+    Notation: tau_1 < ... < tau_S the visited training timesteps; on them alpha_bar_i =
+    alpha_bar_{tau_i}, beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}, beta-tilde_i its posterior
+    variance; one step is x_{i-1} = mu-tilde_i(x_i, x0_hat) + sigma_i z.
+    """
     schedule = denoiser.schedule
     T = schedule.T
-    taus = uniform_timesteps(T, steps or T)  # increasing training timesteps tau_1 < ... < tau_S
+    taus = (quadratic_timesteps if spacing == "quadratic" else uniform_timesteps)(T, steps or T)  # tau_1 < ... < tau_S
     # Respaced schedule: alpha_bar kept at the chosen steps, betas recomputed (N&D 2021, eq. 19).
     alpha_bar = schedule.alpha_bar[taus]
     alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
@@ -41,18 +51,29 @@ def ddpm(
     beta_tilde = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta  # DDPM eq. 7
     coef_x0 = alpha_bar_prev.sqrt() * beta / (1.0 - alpha_bar)  # mu-tilde, DDPM eq. 7
     coef_xt = (1.0 - beta).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-    var = beta if variance == "beta" else beta_tilde
+    # log beta-tilde with its first value (0) replaced by the second, as improved DDPM does.
+    log_beta_tilde = torch.log(torch.cat([beta_tilde[1:2], beta_tilde[1:]])) if len(taus) > 1 else beta.log()
 
     x = x_T.to(torch.float64)
     S = len(taus)
     for i in reversed(range(S)):
         t = int(taus[i])
         pred = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), y)
+        if variance == "learned" and pred.var_interp is None:
+            from ddpmctl.errors import OptionsError
+
+            raise OptionsError("variance=learned needs a model trained with learn_sigma = true; use variance=auto, beta or beta_tilde.")
         # Posterior mean mu-tilde(x_t, x0_hat), equivalent to DDPM eq. 11 for eps-prediction.
         mean = float(coef_x0[i]) * pred.x0 + float(coef_xt[i]) * x
         if i > 0:
             z = randn_like(x, generator)
-            x = mean + float(var[i]) ** 0.5 * z  # Algorithm 2, line 4
+            if variance == "beta":
+                std = float(beta[i]) ** 0.5
+            elif variance == "beta_tilde" or pred.var_interp is None:
+                std = float(beta_tilde[i]) ** 0.5
+            else:  # learned, on the respaced betas (N&D eq. 15, as improved DDPM respaces it)
+                std = torch.exp(0.5 * learned_log_variance(pred.var_interp, float(beta[i].log()), float(log_beta_tilde[i])))
+            x = mean + std * z  # Algorithm 2, line 4
         else:
             x = mean  # no noise at the last step
         check_finite(x, S - i, t, "ddpm")

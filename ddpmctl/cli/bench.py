@@ -1,0 +1,196 @@
+"""`ddpmctl bench quality RUN`: sample quality against network evaluations, per sampler.
+
+Every sampler and step count starts from the same noise (fixed seeds, sample i depends only
+on (seed, i)), so the rows differ only by the sampler. Results go to RUN/bench/ as CSV, JSON
+and a PNG of metric against NFE.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from ddpmctl import registry
+from ddpmctl.checkpoint import atomic_write_bytes
+from ddpmctl.cli.common import console, parse_options
+from ddpmctl.errors import NumericalError, OptionsError, UnknownNameError
+from ddpmctl.pipeline import Model, load_model, sample as draw, versions
+
+app = typer.Typer(help="Benchmark samplers.", no_args_is_help=True)
+
+
+def _names(text: str, what: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise OptionsError(f"{what} needs at least one name, comma-separated.")
+    return list(dict.fromkeys(names))
+
+
+def _steps(text: str, T: int) -> list[int]:
+    try:
+        steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise OptionsError(f"--steps must be integers separated by commas, like 5,10,20; got {text!r}.") from None
+    if not steps or steps[0] < 1:
+        raise OptionsError(f"--steps must be positive integers, like 5,10,20; got {text!r}.")
+    if steps[-1] > T:
+        raise OptionsError(f"--steps {steps[-1]} is more than the model's T = {T} training steps; use at most {T}.")
+    return steps
+
+
+def default_metric(kind: str) -> str:
+    """wasserstein for points; for images the classifier FID when installed, else FID."""
+    if kind == "points":
+        return "wasserstein"
+    known = registry.names("metric")
+    for name in ("classifier-fid", "fid"):
+        if name in known:
+            return name
+    raise UnknownNameError(f"no image metric is installed (looked for classifier-fid and fid; known: {', '.join(known)}); pass --metric NAME.")
+
+
+@app.command("quality")
+def quality(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `ddpmctl train`.")],
+    sampler: Annotated[str, typer.Option(help="Sampler plugins, comma-separated.")] = "ddpm,ddim,dpm-solver++,heun",
+    steps: Annotated[str, typer.Option(help="Step counts, comma-separated (each at most the model's T).")] = "5,10,20,50,100,1000",
+    n: Annotated[int, typer.Option(min=2, help="Samples per (sampler, steps), and reference examples.")] = 2000,
+    seed: Annotated[int, typer.Option(min=0, help="Sampling seed, the same for every row.")] = 0,
+    metric: Annotated[Optional[str], typer.Option(help="Metric plugins, comma-separated (default: wasserstein for 2-D; classifier-fid, else fid, for images).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Option NAME.KEY=VALUE of a sampler or metric, e.g. ddim.eta=0.5 (repeatable).")] = None,
+    clip: Annotated[Optional[float], typer.Option(min=0, help="Clamp x0_hat to [-CLIP, CLIP] at every step; 0 turns clipping off (default: [-1, 1] for images, 1.25 x the data range for 2-D).")] = None,
+    dynamic_threshold: Annotated[Optional[float], typer.Option(min=0, max=100, help="Dynamic thresholding of x0_hat at this percentile (Imagen), e.g. 99.5.")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (conditional models; labels cycle over the classes).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples drawn at once.")] = 2048,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+):
+    """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
+    model = load_model(run, device)
+    samplers = _names(sampler, "--sampler")
+    metrics = _names(metric, "--metric") if metric else [default_metric(model.data["kind"])]
+    step_list = _steps(steps, model.schedule.T)
+    opts = parse_options(option, kinds=tuple(dict.fromkeys(samplers + metrics)))
+    for s in samplers:  # every name and option checked before any sampling
+        registry.validate_options("sampler", s, opts.get(s))
+    resolved = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metrics]
+    labels = torch.arange(n) % model.num_classes if model.num_classes else None
+
+    rows, floors, protocols = [], {}, {}
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=len(samplers) * len(step_list))
+        for s in samplers:
+            for k in step_list:
+                bar.update(task, description=f"{s}, {k} steps")
+                rows.append(_row(model, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols))
+                bar.advance(task)
+
+    keys = list(floors)
+    _print_table(model, rows, keys, floors, n)
+    dest = model.run.path / "bench"
+    stem = f"quality-{'+'.join(metrics)}-n{n}-seed{seed}"
+    stem += (f"-clip{clip:g}" if clip is not None else "") + (f"-dt{dynamic_threshold:g}" if dynamic_threshold is not None else "")
+    record = {
+        "run": str(model.run.path), "checkpoint_step": model.step, "n": n, "seed": seed, "samplers": samplers,
+        "steps": step_list, "metrics": metrics, "options": opts, "clip_x0": clip, "dynamic_threshold": dynamic_threshold,
+        "guidance": guidance, "device": str(model.device), "floors": floors, "protocols": protocols,
+        "rows": rows, "summary": summary(rows, keys[0]) if keys else None, "versions": versions(),
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest / f"{stem}.json", json.dumps(_json_safe(record), indent=2).encode())
+    atomic_write_bytes(dest / f"{stem}.csv", _csv(rows, keys).encode())
+    from ddpmctl import plots
+
+    plots.quality_vs_nfe(rows, keys, floors, dest / f"{stem}.png", title=f"{model.run.path.name} (step {model.step}): quality against NFE, n={n}")
+    console.print(f"saved {dest / stem}.csv, .json, .png")
+
+
+def _row(model: Model, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn, batch_size, resolved, floors, protocols) -> dict:
+    """Sample with one sampler and step count, then score it; a sampler that diverges is a row with NaN."""
+    row = {"sampler": s, "steps": k, "nfe": None, "seconds_per_sample": None, "clipped_values": None, "clipped_fraction": None, "error": ""}
+    t0 = time.perf_counter()
+    try:
+        x, rec = draw(model, n, s, k, seed, sampler_opts, batch_size=batch_size, labels=labels, guidance=guidance,
+                      clip_x0=clip, dynamic_threshold=dyn)
+    except NumericalError as exc:
+        row["error"] = str(exc)
+        return row
+    row.update(nfe=rec["nfe"], seconds_per_sample=(time.perf_counter() - t0) / n,
+               clipped_values=rec["clipped_values"], clipped_fraction=rec["clipped_fraction"])
+    for name, fn, o in resolved:
+        result = fn(x, model.dataset(), **o.model_dump())
+        for key, value in result.values.items():
+            row[key] = float(value)
+            floors.setdefault(key, float(result.floor.get(key, math.nan)))
+        protocols.setdefault(name, result.protocol)
+    return row
+
+
+def summary(rows: list[dict], key: str, max_nfe: int = 20) -> dict | None:
+    """The issue's yardstick: the ancestral sampler at its most steps against the best row at
+    max_nfe evaluations or fewer."""
+    ref = [r for r in rows if r["sampler"] == "ddpm" and r.get(key) is not None and math.isfinite(r[key])]
+    fast = [r for r in rows if r["nfe"] is not None and r["nfe"] <= max_nfe and r.get(key) is not None and math.isfinite(r[key])]
+    if not ref or not fast:
+        return None
+    ref_row = max(ref, key=lambda r: r["nfe"])
+    best = min(fast, key=lambda r: r[key])
+    return {"metric": key, "reference": {k: ref_row[k] for k in ("sampler", "steps", "nfe", key)},
+            "best_fast": {k: best[k] for k in ("sampler", "steps", "nfe", key)}, "max_nfe": max_nfe,
+            "ratio": best[key] / ref_row[key] if ref_row[key] else math.nan}
+
+
+def _print_table(model: Model, rows, keys, floors, n) -> None:
+    table = Table(title=f"{model.run.path.name} (step {model.step}), n={n}: quality against network evaluations")
+    for col in ("sampler", "steps", "NFE", *keys, "ms / sample", "x0 clipped"):
+        table.add_column(col, justify="left" if col == "sampler" else "right")
+    for r in rows:
+        if r["error"]:
+            table.add_row(r["sampler"], str(r["steps"]), "-", *(["[red]NaN[/red]"] * len(keys)), "-", "-")
+            continue
+        vals = [f"{r[k]:.4g}" if k in r else "-" for k in keys]
+        clipped = f"{100 * r['clipped_fraction']:.2f}%" if r["clipped_values"] else "0"
+        table.add_row(r["sampler"], str(r["steps"]), str(r["nfe"]), *vals, f"{1000 * r['seconds_per_sample']:.3f}", clipped)
+    table.caption = "floor (real vs real, same n): " + ", ".join(f"{k} {v:.4g}" for k, v in floors.items())
+    console.print(table)
+    if keys:
+        s = summary(rows, keys[0])
+        if s:
+            ref, best = s["reference"], s["best_fast"]
+            console.print(
+                f"{keys[0]}: ancestral ddpm at {ref['nfe']} NFE {ref[keys[0]]:.4g}; best at <= {s['max_nfe']} NFE: "
+                f"{best['sampler']} {best['steps']} steps ({best['nfe']} NFE) {best[keys[0]]:.4g}, {s['ratio']:.2f}x the reference."
+            )
+    for r in rows:
+        if r["error"]:
+            console.print(f"[yellow]{r['sampler']}, {r['steps']} steps:[/yellow] {r['error']}")
+
+
+def _csv(rows: list[dict], keys: list[str]) -> str:
+    cols = ["sampler", "steps", "nfe", *keys, "seconds_per_sample", "clipped_values", "clipped_fraction", "error"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: ("nan" if c in keys and c not in r else r.get(c)) for c in cols})
+    return buf.getvalue()
+
+
+def _json_safe(obj):
+    """NaN and inf are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
