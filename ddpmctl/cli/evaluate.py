@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +16,7 @@ from rich.table import Table
 from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.cli.common import console, parse_options
-from ddpmctl.cli.sample import _check_steps
+from ddpmctl.cli.sample import _check_steps, _labels
 from ddpmctl.errors import DataError
 from ddpmctl.pipeline import load_model, sample as draw
 
@@ -29,6 +30,8 @@ def evaluate(
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: all T).")] = None,
     samples: Annotated[Optional[Path], typer.Option(help="Evaluate this .npz from `ddpmctl sample` instead of sampling.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Metric option METRIC.KEY=VALUE (repeatable).")] = None,
+    classes: Annotated[Optional[str], typer.Option("--class", help="Conditional models: sample these classes (comma list; default all) for class-accuracy.")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale when sampling a conditional model.")] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Compute metrics between a run's samples and real data; saves JSON in RUN/eval/."""
@@ -38,18 +41,40 @@ def evaluate(
     metrics = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metric]  # every name checked first
 
     if samples is not None:
-        x, rec = _read_samples(samples)
+        x, rec, labels = _read_samples(samples)
     else:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"sampling {n} with {sampler}", total=n)
-            x, rec = draw(model, n, sampler, steps, seed, None, callback=None, on_batch=lambda b: bar.advance(task, b))
+            labels = _labels(model, [classes] if classes else None, guidance, n)
+            if labels is None and model.num_classes and any(m == "class-accuracy" for m, _, _ in metrics):
+                labels = _labels(model, [",".join(map(str, range(model.num_classes)))], guidance, n)  # every class
+            x, rec = draw(model, n, sampler, steps, seed, None, labels=labels, guidance=guidance, callback=None,
+                          on_batch=lambda b: bar.advance(task, b))
 
     table = Table(title=f"{model.run.path.name} (step {model.step}, {rec['sampler']}, {rec['nfe']} NFE, n={len(x)})")
     for col in ("metric", "value", "floor (real vs real)", "value / floor"):
         table.add_column(col)
     (model.run.path / "eval").mkdir(exist_ok=True)
     for name, fn, o in metrics:
-        result = fn(x, model.dataset(), **o.model_dump())
+        kwargs = o.model_dump()
+        params = inspect.signature(fn).parameters
+        if "labels" in params:
+            kwargs["labels"] = labels
+        if "png" in params and kwargs.get("png") is None:
+            kwargs["png"] = str(model.run.path / "eval" / f"{name}-{rec['sampler']}-{rec['steps']}steps-n{len(x)}.png")
+        with Progress(console=console, transient=True) as bar:
+            tasks: dict = {}
+
+            def progress(what, done, total):
+                if what not in tasks:
+                    tasks[what] = bar.add_task(str(what), total=total)
+                bar.update(tasks[what], completed=done, total=total)
+
+            if "progress" in params:
+                kwargs["progress"] = progress
+            result = fn(x, model.dataset(), **kwargs)
+        for warning in result.protocol.get("warnings", []):
+            console.print(f"[yellow]warning ({name}):[/yellow] {warning}")
         for key, value in result.values.items():
             floor = result.floor.get(key, float("nan"))
             ratio = value / floor if floor else float("nan")
@@ -66,8 +91,12 @@ def _read_samples(path: Path):
         raise DataError(f"samples file {path} does not exist; make one with `ddpmctl sample RUN`.")
     try:
         with np.load(path, allow_pickle=False) as f:
-            x = torch.from_numpy(f["samples"]).float()
+            raw = f["samples"]
             rec = json.loads(str(f["record"])) if "record" in f else {"sampler": "?", "steps": "?", "nfe": "?"}
+            labels = torch.from_numpy(f["labels"]).long() if "labels" in f else None
     except (ValueError, KeyError, OSError) as exc:
         raise DataError(f"{path} is not a samples file from `ddpmctl sample` ({exc}).") from None
-    return x, rec
+    x = torch.from_numpy(raw).float()
+    if raw.dtype == np.uint8:  # images saved as pixels: x = pixel / 127.5 - 1
+        x = x / 127.5 - 1.0
+    return x, rec, labels
