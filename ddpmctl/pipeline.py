@@ -66,12 +66,14 @@ def plugin_record(s: TrainSettings) -> dict[str, dict]:
 
 def build_network(s: dict, data_shape, num_classes: int) -> torch.nn.Module:
     conditional = s["cond"] == "class"
+    extra = {"out_mult": 2} if s.get("learn_sigma") else {}  # learned variance: twice the channels
     return registry.build(
         "network",
         s["network"],
         s["network_options"],
         data_shape=tuple(data_shape),
         num_classes=num_classes if conditional else 0,
+        **extra,
     )
 
 
@@ -100,8 +102,25 @@ class Model:
     def num_classes(self) -> int:
         return self.data["num_classes"] if self.config["cond"] == "class" else 0
 
-    def denoiser(self, guidance: float = 1.0, clip_x0: float | None = None) -> Denoiser:
-        return Denoiser(self.net, self.schedule, self.config["prediction"], self.num_classes, guidance, clip_x0)
+    def default_clip(self) -> float | None:
+        """Where x0_hat is clamped unless asked otherwise: [-1, 1] for images (as DDPM's
+        clip_denoised), 1.25 x the largest |coordinate| of the training data for 2-D points.
+        Near t = T an eps-prediction error is multiplied by 1 / sqrt(alpha_bar_t) (about 160
+        for the linear schedule), so an unclamped x0_hat can land far outside the data."""
+        if self.data["kind"] == "images":
+            return 1.0
+        absmax = self.data.get("absmax")
+        return round(1.25 * absmax, 3) if absmax else None
+
+    def resolve_clip(self, clip_x0: float | None) -> float | None:
+        """None: the default clip; 0: no clipping; c > 0: clamp to [-c, c]."""
+        if clip_x0 is None:
+            return self.default_clip()
+        return clip_x0 or None
+
+    def denoiser(self, guidance: float = 1.0, clip_x0: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
+        """A denoiser of this model; ``clip_x0`` as in ``resolve_clip``."""
+        return Denoiser(self.net, self.schedule, self.config["prediction"], self.num_classes, guidance, self.resolve_clip(clip_x0), dynamic_threshold)
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
@@ -144,6 +163,7 @@ def sample(
     clip_x0: float | None = None,
     callback: Callable | None = None,
     on_batch: Callable[[int], None] | None = None,
+    dynamic_threshold: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Draw n samples; sample i depends only on (seed, i), not on the batch size.
 
@@ -153,7 +173,7 @@ def sample(
     fn, opts = registry.resolve("sampler", sampler, options)
     batch_size = max(NOISE_BLOCK, batch_size // NOISE_BLOCK * NOISE_BLOCK)
     out, nfe = [], 0
-    clipped = 0
+    clipped, seen = 0, 0
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         gens = block_generators(seed, start, b, model.device)
@@ -164,16 +184,18 @@ def sample(
         if labels is not None:
             y = labels[start : start + b].to(model.device)
             y = torch.cat([y, y[:1].expand(pad)]) if pad else y
-        den = model.denoiser(guidance, clip_x0)
+        den = model.denoiser(guidance, clip_x0, dynamic_threshold)
         x0, used = fn(den, x_T, steps, gens, callback if start == 0 else None, y, **opts.model_dump())
         out.append(x0[:b].float().cpu())
         nfe = used
         clipped += den.clip_count
+        seen += den.x0_count
         if on_batch:
             on_batch(b)
     record = {
         "n": n, "sampler": sampler, "options": opts.model_dump(), "steps": steps or model.schedule.T,
-        "nfe": nfe, "seed": seed, "guidance": guidance, "clip_x0": clip_x0, "clipped_values": clipped,
+        "nfe": nfe, "seed": seed, "guidance": guidance, "clip_x0": model.resolve_clip(clip_x0),
+        "dynamic_threshold": dynamic_threshold, "clipped_values": clipped, "clipped_fraction": clipped / seen if seen else 0.0,
         "checkpoint_step": model.step,
     }
     return torch.cat(out), record

@@ -92,7 +92,7 @@ def test_errors_are_one_sentence(tiny_run, tmp_path):
     runs = tmp_path / "runs"
     assert_clean_error(cli("train", "--data", "spirall", "--runs-dir", runs), "unknown dataset", "spiral", "8gaussians")
     assert_clean_error(cli("train", "--network", "transformer", "--runs-dir", runs), "unknown network", "mlp")
-    assert_clean_error(cli("train", "--schedule", "quadratic", "--runs-dir", runs), "unknown schedule", "linear", "cosine")
+    assert_clean_error(cli("train", "--schedule", "zigzag", "--runs-dir", runs), "unknown schedule", "linear", "cosine")
     assert_clean_error(cli("sample", tiny_run, "--sampler", "euler", "--n", "8"), "unknown sampler", "ddpm")
     assert_clean_error(cli("train", "-o", "network.width=-3", "--runs-dir", runs), "width")
     assert_clean_error(cli("train", "-o", "data.noise=loud", "--runs-dir", runs), "noise")

@@ -30,7 +30,11 @@ def test_builtins_are_registered_as_entry_points(kind):
 def test_every_registered_plugin_loads_and_has_options(kind):
     for name in registry.names(kind):
         obj = registry.load(kind, name)
-        obj.Options()  # the defaults validate
+        required = [f for f, info in obj.Options.model_fields.items() if info.is_required()]
+        if not required:
+            obj.Options()  # the defaults validate
+        for field in required:  # a required option (a folder, say) is documented
+            assert obj.Options.model_fields[field].description, f"{kind} {name}: option {field} has no help"
 
 
 def test_unknown_name_lists_the_known_ones():

@@ -37,8 +37,10 @@ def _root(
     _state["debug"] = debug or os.environ.get("DDPMCTL_DEBUG", "") not in ("", "0")
 
 
+from ddpmctl.cli import bench as _bench  # noqa: E402
 from ddpmctl.cli import data as _data  # noqa: E402
 from ddpmctl.cli import evaluate as _evaluate  # noqa: E402
+from ddpmctl.cli import interpolate as _interpolate  # noqa: E402
 from ddpmctl.cli import plugins as _plugins  # noqa: E402
 from ddpmctl.cli import sample as _sample  # noqa: E402
 from ddpmctl.cli import train as _train  # noqa: E402
@@ -48,6 +50,8 @@ app.add_typer(_plugins.app, name="plugins")
 app.command("train")(_train.train)
 app.command("sample")(_sample.sample)
 app.command("eval")(_evaluate.evaluate)
+app.add_typer(_bench.app, name="bench")
+app.command("interpolate")(_interpolate.interpolate)
 
 
 def main() -> None:

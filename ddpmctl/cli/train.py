@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ddpmctl import __version__, registry
 from ddpmctl.cli.common import console, parse_options
 from ddpmctl.config import RESUMABLE, TrainSettings, load_settings
-from ddpmctl.diffusion import DiffusionLoss
+from ddpmctl.diffusion import DiffusionLoss, HybridLoss
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.pipeline import build_dataset, build_network, build_schedule, pick_device, plugin_record, resolve, run_name, versions
 from ddpmctl.run import RunDir
@@ -28,6 +29,8 @@ def train(
     schedule: Annotated[Optional[str], typer.Option(help="Noise schedule plugin: linear, cosine, ...")] = None,
     prediction: Annotated[Optional[str], typer.Option(help="What the network predicts: eps, x0 or v.")] = None,
     cond: Annotated[Optional[str], typer.Option(help="none, or class for a class-conditional model.")] = None,
+    learn_sigma: Annotated[Optional[bool], typer.Option("--learn-sigma/--no-learn-sigma", help="Also learn the variance (hybrid loss, Nichol & Dhariwal 2021).")] = None,
+    vlb_weight: Annotated[Optional[float], typer.Option(help="lambda of L_simple + lambda L_vlb with --learn-sigma (default 0.001).")] = None,
     digits: Annotated[Optional[str], typer.Option(help="Digit subset for MNIST-like data, e.g. 0 or 0,1,7.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training iterations.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per iteration.")] = None,
@@ -48,7 +51,7 @@ def train(
     flags = dict(
         data=data, network=network, schedule=schedule, prediction=prediction, cond=cond, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, name=name, runs_dir=runs_dir, device=device,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, learn_sigma=learn_sigma, vlb_weight=vlb_weight,
         data_options=opts["data"] or None, network_options=opts["network"] or None, schedule_options=opts["schedule"] or None,
     )
 
@@ -58,13 +61,15 @@ def train(
         saved = run.record["config"]
         s = load_settings(TrainSettings, config, base=saved, **flags)
         now = s.model_dump(mode="json")
-        diff = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
+        diff = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k, TrainSettings.model_fields[k].get_default(call_default_factory=True))]
         if diff:
             what = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in diff)
             raise ConfigError(f"cannot resume {run.path} with a different config ({what}); drop those settings or start a new run with --name.")
     else:
         s = load_settings(TrainSettings, config, **flags)
 
+    if s.data_dir is not None:  # the setting (TOML, env or flag) is where datasets look
+        os.environ["DDPMCTL_DATA_DIR"] = str(s.data_dir)
     # Names and options are checked before anything heavy is built.
     registry.validate_options("dataset", s.data, s.data_options)
     registry.validate_options("schedule", s.schedule, s.schedule_options)
@@ -89,13 +94,17 @@ def train(
     state = make_state(net, loop, dev, s.seed)
     record = {
         "config": cfg,
-        "data": {"shape": list(ds.shape), "num_classes": ds.num_classes, "kind": ds.kind, "size": len(ds)},
+        "data": {"shape": list(ds.shape), "num_classes": ds.num_classes, "kind": ds.kind, "size": len(ds),
+                 "absmax": round(float(ds.x.abs().max()), 4)},
         "plugins": plugin_record(s),
         "versions": versions(),
         "parameters": sum(p.numel() for p in net.parameters()),
     }
     if run is None:
         run = RunDir.create(s.runs_dir / run_name(s), record)
+    elif run.remove_partial_writes() is not None and not run.checkpoints():  # killed before its first checkpoint: start again from step 0
+        run.truncate_metrics(0)
+        console.print(f"resuming {run.path}: no checkpoint was written yet, starting from step 0")
     else:
         tensors, meta, path, skipped = run.load_checkpoint()
         for msg in skipped:
@@ -118,6 +127,9 @@ def train(
     x = ds.x.to(dev)
     y = ds.y.to(dev) if (s.cond == "class" and ds.y is not None) else None
     loss_fn = DiffusionLoss(schedule, s.prediction, s.p_uncond if y is not None else 0.0, ds.num_classes)
+    if s.learn_sigma:  # t = 1 term of L_vlb: discretized for 8-bit images, a density for points
+        decoder = "discretized" if ds.kind == "images" else "gaussian"
+        loss_fn = HybridLoss(schedule, s.prediction, loss_fn.p_uncond, ds.num_classes, s.vlb_weight, decoder)
     stop = {"signal": None}
 
     def on_signal(signum, frame):
@@ -144,7 +156,19 @@ def train(
                 tensors, extra = state.tensors()
                 run.save_checkpoint(step, tensors, {**meta, **extra}, keep=s.keep_checkpoints)
 
-            hooks = Hooks(log=log, checkpoint=save, progress=lambda step: bar.update(task, completed=step), stop=lambda: stop["signal"] is not None)
+            def grid(step):  # image runs: a sample grid from the EMA weights every sample_every steps
+                if s.sample_every and ds.kind == "images" and (step % s.sample_every == 0 or step == s.steps):
+                    from ddpmctl.grids import preview
+
+                    preview(state.ema, schedule, s.prediction, ds.num_classes if y is not None else 0, ds.shape,
+                            run.path / "grids" / f"step-{step:08d}.png", seed=s.seed)
+
+            def progress(step):
+                if step % 10 == 0 or step == s.steps:  # redrawing every step costs more than a 2-D step
+                    bar.update(task, completed=step)
+                grid(step)
+
+            hooks = Hooks(log=log, checkpoint=save, progress=progress, stop=lambda: stop["signal"] is not None)
             why = train_loop(state, loss_fn, x, y, loop, hooks)
     finally:
         for sig, handler in old.items():
