@@ -17,21 +17,11 @@ from ddpmctl import __version__, registry
 from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
-from ddpmctl.errors import DataError, RunError
+from ddpmctl.devices import pick_device
+from ddpmctl.errors import DataError
 from ddpmctl.run import RunDir
 from ddpmctl.samplers.base import randn
 from ddpmctl.schedules import Schedule
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise RunError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
 
 
 def build_dataset(name: str, options: dict) -> Dataset:

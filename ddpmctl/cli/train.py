@@ -18,7 +18,8 @@ from ddpmctl.cli.common import console, parse_options
 from ddpmctl.config import RESUMABLE, TrainSettings, load_settings
 from ddpmctl.diffusion import DiffusionLoss, HybridLoss
 from ddpmctl.errors import ConfigError, DataError, RunError
-from ddpmctl.pipeline import build_dataset, build_network, build_schedule, pick_device, plugin_record, resolve, run_name, versions
+from ddpmctl.devices import pick_device
+from ddpmctl.pipeline import build_dataset, build_network, build_schedule, plugin_record, resolve, run_name, versions
 from ddpmctl.run import RunDir
 from ddpmctl.training import Hooks, LoopConfig, make_state, train as train_loop
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddpmctl.devices import pick_device
 from ddpmctl.errors import DataError
 
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -254,17 +255,6 @@ def fold_batch_norm(net: FIDInceptionV3) -> FIDInceptionV3:
 def load_inception(weights: Weights | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """The FID Inception network on ``device``, built once per process."""
     return _load(weights or find_weights(), str(torch.device(device)))
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"device {name!r} was asked for but CUDA is not available here; use device=cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DataError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
