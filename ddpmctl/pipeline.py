@@ -9,7 +9,7 @@ import datetime as _dt
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -29,14 +29,6 @@ def build_dataset(name: str, options: dict) -> Dataset:
     if len(ds) == 0:
         raise DataError(f"dataset {name!r} is empty with options {options}; loosen the filter (for example --digits).")
     return ds
-
-
-def validate_plugins(s: TrainSettings, kind: str) -> dict[str, Any]:
-    """Check every name and option of a training config before any heavy work; returns the plugin record."""
-    registry.validate_options("dataset", s.data, s.data_options)
-    registry.validate_options("network", s.network or PHASE_DEFAULTS[kind]["network"], s.network_options)
-    registry.validate_options("schedule", s.schedule, s.schedule_options)
-    return {}
 
 
 def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:

@@ -148,10 +148,9 @@ def _pictures(model: Model, x: torch.Tensor, frames, out: Path, stem: str) -> No
         console.print(f"plot: {png}")
         if frames:
             lim = (-float(data.abs().max()) * 1.3, float(data.abs().max()) * 1.3)
-            first = frames[0][1]
-            x_T = ("x_T", first)
-            picks = [frames[round(i * (len(frames) - 1) / 7)] for i in range(8)]
-            grid = plots.panels_2d([x_T] + picks[1:] if picks[0][1] is first else picks, out / f"{stem}-trajectory.png",
+            picks = [frames[round(i * (len(frames) - 1) / 7)] for i in range(8)]  # picks[0] is frames[0]
+            picks[0] = ("x_T", picks[0][1])
+            grid = plots.panels_2d(picks, out / f"{stem}-trajectory.png",
                                    title="reverse process: x_t from noise to data", lim=lim)
             gif = plots.gif_2d(frames, out / f"{stem}-trajectory.gif", lim=lim)
             console.print(f"trajectory: {grid}, {gif}")

@@ -101,9 +101,11 @@ def train(
         "versions": versions(),
         "parameters": sum(p.numel() for p in net.parameters()),
     }
+    if run is not None:
+        run.remove_partial_writes()  # temporary files of a process killed mid-write
     if run is None:
         run = RunDir.create(s.runs_dir / run_name(s), record)
-    elif run.remove_partial_writes() is not None and not run.checkpoints():  # killed before its first checkpoint: start again from step 0
+    elif not run.checkpoints():  # killed before its first checkpoint: start again from step 0
         run.truncate_metrics(0)
         console.print(f"resuming {run.path}: no checkpoint was written yet, starting from step 0")
     else:
