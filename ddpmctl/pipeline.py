@@ -18,7 +18,7 @@ from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.devices import pick_device
-from ddpmctl.errors import DataError
+from ddpmctl.errors import DataError, DdpmctlError
 from ddpmctl.run import RunDir
 from ddpmctl.samplers.base import randn
 from ddpmctl.schedules import Schedule
@@ -79,6 +79,7 @@ class Model:
     step: int
     device: torch.device
     _dataset: Optional[Dataset] = field(default=None, repr=False)
+    changes: list[str] = field(default_factory=list)  # provenance: what differs from when the checkpoint was written
 
     @property
     def num_classes(self) -> int:
@@ -121,7 +122,26 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None)
 
     net.load_state_dict(split(tensors, "ema"))
     net = net.to(dev).eval().requires_grad_(False)
-    return Model(run, cfg, data, net, build_schedule(cfg), int(meta["step"]), dev)
+    return Model(run, cfg, data, net, build_schedule(cfg), int(meta["step"]), dev, changes=provenance_changes(meta))
+
+
+def provenance_changes(meta: dict) -> list[str]:
+    """What differs between the plugins and packages that wrote a checkpoint and those installed now."""
+    out = []
+    for kind, was in (meta.get("plugins") or {}).items():
+        then = f"{was.get('dist')} {was.get('version')}"
+        try:
+            e = registry.entry(kind, was["name"])
+        except DdpmctlError:
+            out.append(f"{kind} {was['name']!r} came from {then}, which is not installed now")
+            continue
+        if (e.dist, e.version) != (was.get("dist"), was.get("version")):
+            out.append(f"{kind} {was['name']!r} came from {then}, now from {e.dist} {e.version}")
+    now = versions()
+    for dist, version in (meta.get("versions") or {}).items():
+        if now.get(dist) != version:
+            out.append(f"{dist} was {version}, now {now.get(dist, 'not installed')}")
+    return out
 
 
 NOISE_BLOCK = 16  # sample i draws its noise from the generator of block i // 16: batch size does not matter

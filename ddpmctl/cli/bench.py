@@ -22,9 +22,9 @@ from rich.table import Table
 
 from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.cli.common import console, parse_options
+from ddpmctl.cli.common import console, parse_options, load_run
 from ddpmctl.errors import NumericalError, OptionsError, UnknownNameError
-from ddpmctl.pipeline import Model, load_model, sample as draw, versions
+from ddpmctl.pipeline import Model, sample as draw, versions
 
 app = typer.Typer(help="Benchmark samplers.", no_args_is_help=True)
 
@@ -75,7 +75,7 @@ def quality(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
-    model = load_model(run, device)
+    model = load_run(run, device)
     samplers = _names(sampler, "--sampler")
     metrics = _names(metric, "--metric") if metric else [default_metric(model.data["kind"])]
     step_list = _steps(steps, model.schedule.T)

@@ -43,3 +43,14 @@ def existing_run(path: Path) -> Path:
     from ddpmctl.run import RunDir
 
     return RunDir.open(path).path
+
+
+def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None):
+    """Load a run's model for sampling, and say what changed since its checkpoint was written."""
+    from ddpmctl.pipeline import load_model
+
+    model = load_model(path, device, checkpoint)
+    if model.changes:
+        console.print(f"[yellow]note:[/yellow] checkpoint of step {model.step} was written with other software: "
+                      + "; ".join(model.changes) + ".", soft_wrap=True)
+    return model

@@ -15,10 +15,10 @@ from rich.table import Table
 
 from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.cli.common import console, parse_options
+from ddpmctl.cli.common import console, parse_options, load_run
 from ddpmctl.cli.sample import _check_steps, _labels
 from ddpmctl.errors import DataError
-from ddpmctl.pipeline import load_model, sample as draw
+from ddpmctl.pipeline import sample as draw
 
 
 def evaluate(
@@ -35,7 +35,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Compute metrics between a run's samples and real data; saves JSON in RUN/eval/."""
-    model = load_model(run, device)
+    model = load_run(run, device)
     _check_steps(model, steps)
     opts = parse_options(option, kinds=tuple(metric))
     metrics = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metric]  # every name checked first

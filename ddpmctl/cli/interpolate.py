@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from ddpmctl.cli.common import console
+from ddpmctl.cli.common import console, load_run
 from ddpmctl.errors import OptionsError
 from ddpmctl.interpolation import encode, interpolate as walk
-from ddpmctl.pipeline import Model, load_model
+from ddpmctl.pipeline import Model
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:
@@ -38,7 +38,7 @@ def interpolate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Interpolate between two seeds (slerp of x_T) or two real examples (DDIM inversion, slerp, decode)."""
-    model = load_model(run, device)
+    model = load_run(run, device)
     T = model.schedule.T
     if steps > T:
         raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")

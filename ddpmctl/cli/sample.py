@@ -12,9 +12,9 @@ import typer
 from rich.progress import Progress
 
 from ddpmctl import registry
-from ddpmctl.cli.common import console, parse_options
+from ddpmctl.cli.common import console, parse_options, load_run
 from ddpmctl.errors import OptionsError
-from ddpmctl.pipeline import Model, load_model, sample as draw
+from ddpmctl.pipeline import Model, sample as draw
 
 
 def sample(
@@ -35,7 +35,7 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Sample from a run's EMA weights; writes samples (.npz) and a PNG of them over the data."""
-    model = load_model(run, device)
+    model = load_run(run, device)
     _check_steps(model, steps)
     images = model.data["kind"] == "images"
     n = n or (64 if images else 2000)
