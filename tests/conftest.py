@@ -32,6 +32,27 @@ def cli(*args, env: dict | None = None, cwd: Path | None = None, timeout: float 
     )
 
 
+def cli_in_process(args: list[str], env: dict[str, str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run `ddpmctl ARGS` in this process, as the console script does (seconds faster than
+    `cli` where many commands run); returns (exit code, stdout + stderr)."""
+    from ddpmctl.cli import main
+
+    with monkeypatch.context() as m:
+        for k in [k for k in os.environ if k.startswith("DDPMCTL_")]:
+            m.delenv(k)
+        m.setenv("COLUMNS", "200")
+        for k, v in env.items():
+            m.setenv(k, v)
+        m.setattr(sys, "argv", ["ddpmctl", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 

@@ -131,3 +131,106 @@ def test_a_third_party_plugin_is_used_through_the_cli(fake_plugin, tmp_path):
     assert "20 network evaluations" in sample.stdout
     assert_clean_error(cli("eval", runs / "r", "--metric", "broken", "--n", "32", env=env), "broken", "fakeplug")
     assert_clean_error(cli("train", "--data", "ring", "-o", "data.radius=-1", "--runs-dir", runs, env=env), "radius")
+
+
+BROKEN_MODULE = '''
+"""A plugin package whose import fails, as when one of its own dependencies is missing."""
+raise ImportError("brokenplug needs libfoo >= 2")
+'''
+
+
+@pytest.fixture
+def broken_plugins(tmp_path, monkeypatch):
+    """On sys.path: `brokenplug` (its module raises ImportError), `clashplug` (registers the
+    built-in name `moons` again) and `staleplug` (metadata left behind by an uninstall)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "brokenplug.py").write_text(BROKEN_MODULE)
+    (root / "clashplug.py").write_text("from ddpmctl.datasets.toy2d import TwoMoons as moons\n")
+    for dist, version, entry_points in [
+        ("brokenplug", "0.3", "[ddpmctl.samplers]\nshaky = brokenplug:sampler\n\n[ddpmctl.networks]\nshakynet = brokenplug:Net\n"),
+        ("clashplug", "2.0", "[ddpmctl.datasets]\nmoons = clashplug:moons\n"),
+        ("staleplug", "1.0", "[ddpmctl.schedules]\nstale = staleplug_was_uninstalled:schedule\n"),
+    ]:
+        info = root / f"{dist}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(root))
+    registry.clear_cache()
+    yield root
+    registry.clear_cache()  # forget the fake distributions before sys.path is restored
+
+
+def test_broken_clashing_and_stale_plugins_leave_everything_else_working(broken_plugins, tmp_path, monkeypatch, capsys):
+    """Issue 7: uninstalling a plugin, or breaking its import, leaves every other command
+    working, and `plugins list` says what is wrong."""
+    from tests.conftest import cli_in_process
+
+    def ddpmctl(*args):
+        return cli_in_process(list(args), {}, monkeypatch, capsys)
+
+    code, out = ddpmctl("plugins", "list")
+    assert code == 0, out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) >= 6 and cells[2]:
+            rows.setdefault(cells[2], []).append(line)
+    assert "broken" in rows["shaky"][0] and "ImportError: brokenplug needs libfoo >= 2" in rows["shaky"][0]
+    assert "brokenplug" in rows["shakynet"][0] and "ImportError" in rows["shakynet"][0]
+    assert "broken" in rows["stale"][0] and "ModuleNotFoundError" in rows["stale"][0] and "staleplug" in rows["stale"][0]
+    assert len(rows["moons"]) == 2 and all("name clash" in r for r in rows["moons"])
+    for name in ("spiral", "ddpm", "mlp", "linear", "kl"):
+        assert "ok" in rows[name][0], rows[name]
+    assert "are broken; the others work" in out
+
+    # Every other name still works: train and sample with built-ins.
+    runs = tmp_path / "runs"
+    tiny = ["--steps", "20", "-o", "network.width=16", "-o", "network.depth=1", "-o", "schedule.T=30", "-o", "data.n=500"]
+    code, out = ddpmctl("train", "--data", "spiral", "--name", "s", "--runs-dir", runs, *tiny)
+    assert code == 0, out
+    code, out = ddpmctl("sample", runs / "s", "--n", "32", "--sampler", "ddim", "--steps", "10")
+    assert code == 0, out
+
+    # The broken names each stop with one sentence naming the package and what to do.
+    for args, fragments in [
+        (["sample", runs / "s", "--n", "32", "--sampler", "shaky"], ["shaky", "brokenplug 0.3", "failed to import", "libfoo"]),
+        (["train", "--network", "shakynet", "--runs-dir", runs], ["shakynet", "brokenplug", "failed to import"]),
+        (["train", "--schedule", "stale", "--runs-dir", runs], ["stale", "staleplug", "No module named"]),
+        (["train", "--data", "moons", "--runs-dir", runs], ["registered twice", "ddpmctl", "clashplug 2.0", "uninstall one"]),
+        (["plugins", "show", "shaky"], ["brokenplug", "failed to import"]),
+    ]:
+        code, out = ddpmctl(*args)
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert code == 1 and "Traceback" not in out and len(errors) == 1, out
+        for fragment in fragments:
+            assert fragment in errors[0], (fragment, errors[0])
+
+
+def test_a_run_whose_plugin_was_uninstalled_says_so(fake_plugin, tmp_path, monkeypatch, capsys):
+    """Train with a plugin dataset, then uninstall the plugin: runs made with built-ins still
+    train and sample, and sampling the plugin's run is one sentence naming what is missing."""
+    from tests.conftest import cli_in_process
+
+    runs = tmp_path / "runs"
+    tiny = ["--steps", "20", "-o", "network.width=16", "-o", "network.depth=1", "-o", "schedule.T=30", "-o", "data.n=500"]
+    try:
+        with monkeypatch.context() as m:
+            m.syspath_prepend(str(fake_plugin))
+            registry.clear_cache()
+            code, out = cli_in_process(["train", "--data", "ring", "--name", "r", "--runs-dir", runs, *tiny], {}, monkeypatch, capsys)
+            assert code == 0, out
+        sys.modules.pop("fakeplug", None)  # uninstalled: off sys.path and out of memory
+        registry.clear_cache()
+
+        code, out = cli_in_process(["train", "--data", "moons", "--name", "m", "--runs-dir", runs, *tiny], {}, monkeypatch, capsys)
+        assert code == 0, out
+        code, out = cli_in_process(["sample", runs / "m", "--n", "16", "--steps", "5"], {}, monkeypatch, capsys)
+        assert code == 0, out
+        code, out = cli_in_process(["sample", runs / "r", "--n", "16", "--steps", "5"], {}, monkeypatch, capsys)
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert code == 1 and "Traceback" not in out and len(errors) == 1, out
+        assert "unknown dataset 'ring'" in errors[0], errors[0]
+    finally:
+        registry.clear_cache()
