@@ -130,12 +130,23 @@ def validate_options(kind: str, name: str, raw: dict[str, Any] | None) -> BaseMo
     """Validate ``raw`` against the plugin's options model; one sentence on failure."""
     obj = load(kind, name)
     try:
-        return obj.Options(**(raw or {}))
+        return obj.Options(**_match_case(obj.Options, raw or {}))
     except ValidationError as err:
         raise OptionsError(
             format_validation_error(err, f"options for {kind} {name!r}")
             + f"; see `ddpmctl plugins show {name}`."
         ) from None
+
+
+def _match_case(options: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+    """Environment variables reach us lower-cased (DDPMCTL_SCHEDULE_OPTIONS__T=500 gives t):
+    a key that is unknown as written but names exactly one option up to case is that option."""
+    fields = options.model_fields
+    out = {}
+    for key, value in raw.items():
+        same = [f for f in fields if f.lower() == key.lower()]
+        out[same[0] if key not in fields and len(same) == 1 else key] = value
+    return out
 
 
 def resolve(kind: str, name: str, raw: dict[str, Any] | None = None) -> tuple[Any, BaseModel]:

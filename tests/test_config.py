@@ -28,6 +28,16 @@ def test_nested_options_from_env(monkeypatch):
     assert load_settings(TrainSettings).network_options == {"width": "64"}
 
 
+def test_an_option_with_capitals_is_reachable_from_env(monkeypatch):
+    from ddpmctl import registry
+
+    monkeypatch.setenv("DDPMCTL_SCHEDULE_OPTIONS__T", "500")
+    raw = load_settings(TrainSettings).schedule_options
+    assert raw == {"t": "500"}  # pydantic-settings lower-cases the key after __
+    assert registry.validate_options("schedule", "linear", raw).T == 500
+    assert registry.validate_options("schedule", "cosine", {"T": 300}).T == 300
+
+
 def test_unknown_toml_key_is_an_error(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text("stepz = 10\n")

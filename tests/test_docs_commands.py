@@ -39,7 +39,7 @@ TINY_ENV = {
     "DDPMCTL_NETWORK_OPTIONS__WIDTH": "16",
     "DDPMCTL_NETWORK_OPTIONS__DEPTH": "1",
     # Nested environment keys are read in lower case, so the schedule's `T` goes in as JSON.
-    "DDPMCTL_SCHEDULE_OPTIONS": '{"T": 200}',
+    "DDPMCTL_SCHEDULE_OPTIONS__T": "200",
 }
 POINT_METRICS = {"kl", "wasserstein", "sliced-wasserstein"}
 
