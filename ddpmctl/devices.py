@@ -1,6 +1,8 @@
-"""Choosing the torch device from a user's setting."""
+"""Choosing the torch device, and its CPU threads, from a user's settings."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -17,3 +19,53 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise RunError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its CPU affinity, which respects container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None = None, local_processes: int = 1) -> int:
+    """Set torch's CPU threads for this process; returns the number in use.
+
+    ``threads`` when given. Otherwise torch's own default (OMP_NUM_THREADS, else one thread per
+    core) for a process alone on its machine, and the cores divided among the processes when a
+    launch starts several on one machine: OpenMP threads of processes that share cores spin
+    against each other (docs/benchmarks.md has the measurement). torchrun sets OMP_NUM_THREADS=1
+    itself when it is unset, so under a multi-process launch a value of 1 is read as torchrun's
+    default and replaced; pass ``threads`` (``--threads``) to insist on a number.
+    """
+    if threads is None and local_processes > 1 and os.environ.get("OMP_NUM_THREADS") in (None, "1"):
+        threads = max(1, cpu_count() // local_processes)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: asked for, or ``auto`` on a CUDA GPU with bf16 support. On a
+    CPU without bf16 instructions bf16 is far slower (30x for the mnist16 U-Net on AVX2), so
+    auto keeps float32 there."""
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def fast_math(device: torch.device) -> None:
+    """On CUDA: TF32 matrix products and convolutions, and cuDNN's autotuner (shapes are fixed)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def channels_last_pays(device: torch.device, training: bool) -> bool:
+    """Whether an image network runs faster with NHWC (channels-last) weights. On the CPU the
+    convolutions gain but torch's NHWC GroupNorm is 3-6x slower than its NCHW one, so training
+    gained nothing and sampling 1.06x (mnist16 U-Net, benchmarks/speed.py --ablation): sampling
+    only. On CUDA, cuDNN's tensor-core convolutions want NHWC: both (not measured in this project)."""
+    return device.type == "cuda" or not training

@@ -47,7 +47,7 @@ def format_validation_error(err, what: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # a validator's own sentence, without pydantic's prefix
         if e["type"] == "extra_forbidden":
             msg = "is not a known option"
         elif "input" in e and e["type"] != "missing":

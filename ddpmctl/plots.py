@@ -163,3 +163,60 @@ def paths_2d(paths: torch.Tensor, data: torch.Tensor, path: Path, title: str = "
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def convergence(runs: Sequence[tuple[str, Sequence[dict]]], key: str | None, path: Path, title: str = "", lines: dict | None = None,
+                window: int = 5) -> Path:
+    """Loss and quality ``key`` against training steps (left) and wall time (right), one colour
+    per run, from metrics.jsonl records: the logged loss faint, its moving mean over ``window``
+    records bold, each evaluation a marker. ``lines``: {"loss": X, "metric": threshold} dashed."""
+    lines = lines or {}
+    rows = 2 if key else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.6 * rows), squeeze=False)
+    for i, (label, records) in enumerate(runs):
+        color = f"C{i % 10}"
+        raw = [(r["step"], r["time"], r["loss"]) for r in records if "loss" in r]
+        losses = [p[2] for p in raw]
+        smooth = [(*p[:2], float(np.mean(losses[max(0, j + 1 - window) : j + 1]))) for j, p in enumerate(raw)]
+        quality = [(r["step"], r["time"], r["values"][key]) for r in records if r.get("event") == "eval" and key in r.get("values", {})]
+        for col in (0, 1):  # 0: steps, 1: wall time
+            ax = axes[0, col]
+            if raw:
+                ax.plot([p[col] for p in raw], [p[2] for p in raw], color=color, alpha=0.35, lw=1)
+            if smooth:
+                ax.plot([p[col] for p in smooth], [p[2] for p in smooth], color=color, lw=2, label=label)
+            if key and quality:
+                axes[1, col].plot([p[col] for p in quality], [p[2] for p in quality], color=color, marker="o", ms=3, lw=1.5, label=label)
+    axes[0, 0].set_ylabel("loss")
+    axes[0, 0].set_title(f"loss (faint: each logged; bold: mean of the last {window}, fewer at the start)", fontsize=9)
+    for col, xlabel in ((0, "training step"), (1, "wall time (s, evaluations included)")):
+        axes[0, col].set_yscale("log")
+        if "loss" in lines:
+            axes[0, col].axhline(lines["loss"], ls="--", color="gray", label=f"until loss <= {lines['loss']:g}")
+        if key:
+            axes[1, 0].set_ylabel(key)
+            if "metric" in lines:
+                axes[1, col].axhline(lines["metric"].value, ls="--", color="gray", label=f"{lines['metric']}")
+        for ax in axes[:, col]:
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def image_rows(rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str = "") -> Path:
+    """One row of images in [-1, 1] per (label, images (N, C, H, W)), the label at its left."""
+    import torchvision.utils as vutils
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 0.95 * len(rows) + 0.6), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows):
+        grid = vutils.make_grid(((images.clamp(-1, 1) + 1) / 2).float(), nrow=len(images), padding=1, pad_value=1.0)
+        arr = grid.permute(1, 2, 0).numpy()
+        ax.imshow(arr[..., 0] if images.shape[1] == 1 else arr, cmap="gray" if images.shape[1] == 1 else None, vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label.replace("\n", " "), rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -5,6 +5,10 @@
 AdamW with linear warm-up (and optional cosine decay), gradient-norm clipping, an EMA of the
 weights, and hooks for logging, checkpoints and stopping. Batches and noise come from one
 ``torch.Generator`` whose state is checkpointed, so a resumed run continues the same stream.
+
+Under torch.distributed (torchrun) each process runs this loop on its share of the batch with
+the network wrapped in DistributedDataParallel; each has its own generator stream, the logged
+loss is the mean over processes, and a stop seen by any process stops all of them at one step.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ddpmctl import checkpoint
+from ddpmctl import checkpoint, distributed
 from ddpmctl.errors import NumericalError
 
 
@@ -32,6 +36,9 @@ class LoopConfig:
     grad_clip: float = 1.0
     log_every: int = 50
     checkpoint_every: int = 1000
+    skip_nonfinite: bool = False  # skip a step whose loss or gradient is NaN/inf instead of stopping
+    max_skipped_in_a_row: int = 20
+    bf16: bool = False  # bf16 autocast of the loss (network forward); the weights and optimizer stay float32
 
 
 @dataclass
@@ -52,15 +59,23 @@ class TrainState:
     generator: torch.Generator
     step: int = 0
     extra: dict = field(default_factory=dict)
+    # What the loss calls: ``net`` itself, or ``net`` wrapped (DistributedDataParallel,
+    # torch.compile); it shares net's parameters. None: net.
+    model: Optional[torch.nn.Module] = None
+    seed: int = 0
+    rank: int = 0  # this process's rank under torch.distributed
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything a resume needs, as tensors plus JSON-able metadata."""
+        """Everything a resume needs, as tensors plus JSON-able metadata. Under torch.distributed
+        every process must call it (the generator states of all ranks are gathered)."""
         tensors = {f"model/{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
         optim, optim_meta = checkpoint.optimizer_tensors(self.optimizer)
         tensors.update(optim)
-        tensors["rng/generator"] = self.generator.get_state()
-        tensors["rng/torch"] = torch.get_rng_state()
+        for key, states in (("generator", distributed.gather_states(self.generator.get_state())),
+                            ("torch", distributed.gather_states(torch.get_rng_state()))):
+            tensors[f"rng/{key}"] = states[0]  # rank 0's: what a one-process resume continues
+            tensors.update({f"rng/{key}.rank{r}": st for r, st in enumerate(states) if r > 0})
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             tensors["rng/cuda"] = torch.cuda.get_rng_state()
         return tensors, {"optimizer": optim_meta}
@@ -69,21 +84,55 @@ class TrainState:
         self.net.load_state_dict(checkpoint.split(tensors, "model"))
         self.ema.load_state_dict(checkpoint.split(tensors, "ema"))
         self.optimizer.load_state_dict(checkpoint.optimizer_state(tensors, meta["optimizer"]))
-        self.generator.set_state(tensors["rng/generator"])
-        torch.set_rng_state(tensors["rng/torch"])
+        self.step = int(meta["step"])
+        suffix = f".rank{self.rank}" if self.rank else ""
+        if f"rng/generator{suffix}" in tensors:  # the same rank saved its streams
+            self.generator.set_state(tensors[f"rng/generator{suffix}"])
+            torch.set_rng_state(tensors[f"rng/torch{suffix}"])
+        else:  # a rank the saving run did not have: a fresh stream of its own
+            torch.manual_seed(stream_seed(self.seed, self.rank, self.step))
+            self.generator.manual_seed(stream_seed(self.seed, self.rank, self.step))
         if "rng/cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng/cuda"])
-        self.step = int(meta["step"])
 
 
-def make_state(net: torch.nn.Module, cfg: LoopConfig, device: torch.device, seed: int) -> TrainState:
+def stream_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of a process's batches and noise: ``seed`` itself for rank 0 at the start (a
+    one-process run), distinct for every other (rank, step at which the stream starts)."""
+    if rank == 0 and step == 0:
+        return seed
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 1) % (2**63)
+
+
+def make_state(
+    net: torch.nn.Module,
+    cfg: LoopConfig,
+    device: torch.device,
+    seed: int,
+    channels_last: bool = False,
+    compile: bool = False,
+) -> TrainState:
+    """Optimizer, EMA and generator for ``net`` on ``device``. ``channels_last`` stores the
+    image network's weights NHWC (faster convolutions); ``compile`` runs it through torch.compile;
+    under torch.distributed the network is wrapped in DistributedDataParallel."""
     net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     # Fused AdamW on CUDA; on the CPU torch defaults to a per-tensor loop, foreach is faster.
     kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return TrainState(net, ema, optimizer, generator)
+    rank = torch.distributed.get_rank() if distributed.active() else 0
+    generator = torch.Generator(device=device).manual_seed(stream_seed(seed, rank))
+    model = net
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.manual_seed(stream_seed(seed, rank))  # dropout masks differ between ranks; the weights were built alike
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        model = torch.compile(model)
+    return TrainState(net, ema, optimizer, generator, model=model, seed=seed, rank=rank)
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
@@ -115,6 +164,11 @@ def train(
     ``x`` (and ``y``) are the whole dataset, already on the training device.
     """
     net, optimizer, g = state.net, state.optimizer, state.generator
+    model = state.model if state.model is not None else net
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    # A stop request is agreed among processes every step on the CPU, every 10 on CUDA (a host sync).
+    sync_every = 10 if distributed.active() and x.device.type != "cpu" else 1
+    stop_seen = False
     N = x.shape[0]
     params = [p for p in net.parameters()]
     ema_params = [p for p in state.ema.parameters()]
@@ -125,33 +179,55 @@ def train(
     loss_sum = torch.zeros((), device=x.device)
     grad_sum = torch.zeros((), device=x.device)
     since_log = 0
-    net.train()
+    skipped, in_a_row = 0, 0
+    model.train()  # (and net, which it wraps)
     while state.step < cfg.steps:
         step = state.step
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, N, (cfg.batch_size,), device=x.device, generator=g)
-        loss = loss_fn(net, x[idx], None if y is None else y[idx], g)
-        if check_every_step and not math.isfinite(loss.item()):
+        with autocast:
+            loss = loss_fn(model, x[idx], None if y is None else y[idx], g)
+        if check_every_step and not cfg.skip_nonfinite and not math.isfinite(loss.item()):
             raise NumericalError(
                 f"the loss became {loss.item()} at step {step + 1}; lower the learning rate "
-                f"(now {lr:.2e}) or the gradient clip, or train in float32; the last good checkpoint is kept."
+                f"(now {lr:.2e}) or the gradient clip, or train in float32 (or pass --on-nonfinite skip); "
+                f"the last good checkpoint is kept."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-        optimizer.step()
-        # EMA warm-up: the effective decay grows from 0.1 towards ema_decay (as in many DDPM codes).
-        update_ema(ema_params, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        if cfg.skip_nonfinite and distributed.any_rank(not torch.isfinite(loss.detach() + grad_norm).item()):  # one host sync a step
+            # The batch is spent; weights, optimizer state and EMA stay as they were.
+            skipped += 1
+            in_a_row += 1
+            if in_a_row > cfg.max_skipped_in_a_row:
+                raise NumericalError(
+                    f"the loss or gradient was NaN/inf for {in_a_row} steps in a row (up to step {step + 1}); "
+                    f"lower the learning rate (now {lr:.2e}) or train in float32; the last good checkpoint is kept."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            hooks.log({"step": step + 1, "event": "skipped", "reason": "non-finite loss or gradient", "skipped_total": skipped})
+        else:
+            if check_every_step and not cfg.skip_nonfinite and not math.isfinite(grad_norm.item()):
+                raise NumericalError(
+                    f"the gradient norm became {grad_norm.item()} at step {step + 1} (the loss was {loss.item():.4g}); "
+                    f"lower the learning rate (now {lr:.2e}) or train in float32 (or pass --on-nonfinite skip); "
+                    f"the last good checkpoint is kept."
+                )
+            in_a_row = 0
+            optimizer.step()
+            # EMA warm-up: the effective decay grows from 0.1 towards ema_decay (as in many DDPM codes).
+            update_ema(ema_params, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            loss_sum += loss.detach()
+            grad_sum += grad_norm.detach()
+            since_log += 1
         state.step += 1
-        loss_sum += loss.detach()
-        grad_sum += grad_norm.detach()
-        since_log += 1
         hooks.progress(state.step)
 
-        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            mean_loss = (loss_sum / since_log).item()  # one host sync per log interval
+        if (state.step % cfg.log_every == 0 or state.step == cfg.steps) and since_log:
+            mean_loss = distributed.mean_over_ranks(loss_sum / since_log).item()  # one host sync per log interval
             if not math.isfinite(mean_loss):
                 raise NumericalError(
                     f"the loss became {mean_loss} between steps {state.step - since_log + 1} and {state.step}; "
@@ -163,7 +239,8 @@ def train(
             since_log = 0
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             hooks.checkpoint(state.step, {})
-        if hooks.stop():
+        stop_seen = stop_seen or hooks.stop()
+        if (state.step % sync_every == 0 or state.step == cfg.steps) and distributed.any_rank(stop_seen):
             if state.step % cfg.checkpoint_every != 0 and state.step != cfg.steps:
                 hooks.checkpoint(state.step, {})
             return "interrupted"

@@ -51,6 +51,16 @@ def test_bench_quality_writes_a_table_csv_json_and_plot(sigma_run):
 
 def test_bench_quality_rejects_more_steps_than_the_model_has(sigma_run):
     assert_clean_error(cli("bench", "quality", sigma_run, "--steps", "10,1000", env=ONE_THREAD), "1000", "T = 100")
+    assert_clean_error(cli("bench", "quality", sigma_run, "--steps", "10", "--reference", "ddpm:1000", env=ONE_THREAD), "--reference", "T = 100")
+
+
+def test_bench_quality_adds_the_reference_row_only_once(sigma_run):
+    r = cli("bench", "quality", sigma_run, "--sampler", "ddim", "--steps", "5,10", "--reference", "ddpm:100", "--n", "32",
+            "--clip", "2", env=ONE_THREAD)
+    assert_ok(r)
+    record = json.loads((sigma_run / "bench" / "quality-wasserstein-n32-seed0-clip2.json").read_text())
+    assert [(row["sampler"], row["steps"]) for row in record["rows"]] == [("ddim", 5), ("ddim", 10), ("ddpm", 100)]
+    assert record["summary"]["reference"]["steps"] == 100 and record["summary"]["best_fast"]["sampler"] == "ddim"
 
 
 def test_interpolate_between_seeds_and_between_real_points(sigma_run):

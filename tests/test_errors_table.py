@@ -110,6 +110,22 @@ def cases(p: dict) -> list[tuple[str, list[str], dict]]:
         ("list an unknown plugin kind", ["plugins", "list", "--kind", "widgets"], {}),
         ("bench with an unknown sampler", ["bench", "quality", run, "--sampler", "nope", "--steps", "5"], {}),
         ("interpolate a missing run", ["interpolate", str(t / "nope")], {}),
+        ("--until-metric without a comparison", ["train", "--until-metric", "wasserstein=0.1"], {}),
+        ("--max-time that is not a duration", ["train", "--max-time", "15x"], {}),
+        ("--until-metric without evaluations", ["train", "--until-metric", "w2<=0.1", "--eval-every", "0"], {}),
+        ("--until-metric naming another metric than --eval-metric", ["train", "--until-metric", "fid<=3", "--eval-metric", "wasserstein"], {}),
+        ("--until-metric on a value the metric lacks", ["train", "--data", "8gaussians", "-o", "data.n=500", "--eval-every", "10", "--eval-n", "50",
+                                                         "--until-metric", "w3<=0.1", "--runs-dir", str(t / "never")], {}),
+        ("--eval-metric for images on 2-D data", ["train", "--data", "8gaussians", "-o", "data.n=500", "--eval-every", "10", "--eval-n", "50",
+                                                  "--eval-metric", "classifier-fid", "--runs-dir", str(t / "never")], {}),
+        ("--per-class on an unconditional model", ["sample", run, "--per-class", "10"], {}),
+        ("--export into a folder that is not empty", ["sample", run, "--export", str(t)], {}),
+        ("--export of a 2-D model", ["sample", run, "--export", str(t / "new-folder")], {}),
+        ("cas on 2-D samples", ["eval", run, "--metric", "cas", "--n", "50"], {}),
+        ("eval a folder that is not an export", ["eval", run, "--samples", str(t / "empty")], {}),
+        ("compare with a malformed --quality", ["compare", run, "--quality", "w2=0.1"], {}),
+        ("compare on a quality no run measured", ["compare", run, "--quality", "fid<=3"], {}),
+        ("compare a missing run", ["compare", run, str(t / "nope")], {}),
     ]
 
 

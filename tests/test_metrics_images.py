@@ -23,7 +23,7 @@ from ddpmctl.metrics.inception_score import inception_score
 from ddpmctl.metrics.memorisation import memorisation
 
 MNIST_GZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-NAMES = ["fid", "is", "classifier-fid", "class-coverage", "class-accuracy", "memorisation"]
+NAMES = ["fid", "is", "classifier-fid", "class-coverage", "class-accuracy", "memorisation", "cas"]
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,7 @@ def _root(
 
 
 from ddpmctl.cli import bench as _bench  # noqa: E402
+from ddpmctl.cli import convergence as _convergence  # noqa: E402
 from ddpmctl.cli import data as _data  # noqa: E402
 from ddpmctl.cli import evaluate as _evaluate  # noqa: E402
 from ddpmctl.cli import interpolate as _interpolate  # noqa: E402
@@ -52,6 +53,8 @@ app.command("sample")(_sample.sample)
 app.command("eval")(_evaluate.evaluate)
 app.add_typer(_bench.app, name="bench")
 app.command("interpolate")(_interpolate.interpolate)
+app.command("plot")(_convergence.plot)
+app.command("compare")(_convergence.compare)
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
 """`ddpmctl bench quality RUN`: sample quality against network evaluations, per sampler.
+`ddpmctl bench speed`: training and sampling throughput of the default networks (ddpmctl.speed),
+optionally against diffusers.
 
 Every sampler and step count starts from the same noise (fixed seeds, sample i depends only
 on (seed, i)), so the rows differ only by the sampler. Results go to RUN/bench/ as CSV, JSON
@@ -8,6 +10,7 @@ and a PNG of metric against NFE.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -26,7 +29,7 @@ from ddpmctl.cli.common import console, parse_options, load_run
 from ddpmctl.errors import NumericalError, OptionsError, UnknownNameError
 from ddpmctl.pipeline import Model, sample as draw, versions
 
-app = typer.Typer(help="Benchmark samplers.", no_args_is_help=True)
+app = typer.Typer(help="Benchmark samplers (quality) and the default networks (speed).", no_args_is_help=True)
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -73,29 +76,34 @@ def quality(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (conditional models; labels cycle over the classes).")] = 1.0,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples drawn at once.")] = 2048,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    reference: Annotated[Optional[str], typer.Option(help="The yardstick row SAMPLER:STEPS, added if the grid lacks it, e.g. ddpm:1000 (default: ddpm at its most steps).")] = None,
 ):
     """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
     model = load_run(run, device)
     samplers = _names(sampler, "--sampler")
     metrics = _names(metric, "--metric") if metric else [default_metric(model.data["kind"])]
     step_list = _steps(steps, model.schedule.T)
+    ref = _reference(reference, model.schedule.T) if reference else None
     opts = parse_options(option, kinds=tuple(dict.fromkeys(samplers + metrics)))
-    for s in samplers:  # every name and option checked before any sampling
+    grid = [(s, k) for s in samplers for k in step_list]
+    if ref is not None and ref not in grid:
+        grid.append(ref)
+        opts.setdefault(ref[0], {})
+    for s in dict.fromkeys(s for s, _ in grid):  # every name and option checked before any sampling
         registry.validate_options("sampler", s, opts.get(s))
     resolved = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metrics]
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
 
     rows, floors, protocols = [], {}, {}
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("bench", total=len(samplers) * len(step_list))
-        for s in samplers:
-            for k in step_list:
-                bar.update(task, description=f"{s}, {k} steps")
-                rows.append(_row(model, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols))
-                bar.advance(task)
+        task = bar.add_task("bench", total=len(grid))
+        for s, k in grid:
+            bar.update(task, description=f"{s}, {k} steps")
+            rows.append(_row(model, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols))
+            bar.advance(task)
 
     keys = list(floors)
-    _print_table(model, rows, keys, floors, n)
+    _print_table(model, rows, keys, floors, n, ref)
     dest = model.run.path / "bench"
     stem = f"quality-{'+'.join(metrics)}-n{n}-seed{seed}"
     stem += (f"-clip{clip:g}" if clip is not None else "") + (f"-dt{dynamic_threshold:g}" if dynamic_threshold is not None else "")
@@ -103,7 +111,7 @@ def quality(
         "run": str(model.run.path), "checkpoint_step": model.step, "n": n, "seed": seed, "samplers": samplers,
         "steps": step_list, "metrics": metrics, "options": opts, "clip_x0": clip, "dynamic_threshold": dynamic_threshold,
         "guidance": guidance, "device": str(model.device), "floors": floors, "protocols": protocols,
-        "rows": rows, "summary": summary(rows, keys[0]) if keys else None, "versions": versions(),
+        "rows": rows, "summary": summary(rows, keys[0], ref=ref) if keys else None, "versions": versions(),
     }
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest / f"{stem}.json", json.dumps(_json_safe(record), indent=2).encode())
@@ -135,21 +143,29 @@ def _row(model: Model, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn,
     return row
 
 
-def summary(rows: list[dict], key: str, max_nfe: int = 20) -> dict | None:
-    """The issue's yardstick: the ancestral sampler at its most steps against the best row at
-    max_nfe evaluations or fewer."""
-    ref = [r for r in rows if r["sampler"] == "ddpm" and r.get(key) is not None and math.isfinite(r[key])]
-    fast = [r for r in rows if r["nfe"] is not None and r["nfe"] <= max_nfe and r.get(key) is not None and math.isfinite(r[key])]
-    if not ref or not fast:
+def _reference(text: str, T: int) -> tuple[str, int]:
+    name, _, k = text.partition(":")
+    if not name or not k.isdigit() or not 1 <= int(k) <= T:
+        raise OptionsError(f"--reference must be SAMPLER:STEPS with 1 <= STEPS <= T = {T}, like ddpm:{T}; got {text!r}.")
+    return name, int(k)
+
+
+def summary(rows: list[dict], key: str, max_nfe: int = 20, ref: tuple[str, int] | None = None) -> dict | None:
+    """The issue's yardstick: the reference row (default: the ancestral sampler at its most
+    steps) against the best row at max_nfe evaluations or fewer."""
+    good = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+    refs = [r for r in good if (r["sampler"], r["steps"]) == ref] if ref else [r for r in good if r["sampler"] == "ddpm"]
+    fast = [r for r in good if r["nfe"] is not None and r["nfe"] <= max_nfe]
+    if not refs or not fast:
         return None
-    ref_row = max(ref, key=lambda r: r["nfe"])
+    ref_row = max(refs, key=lambda r: r["nfe"])
     best = min(fast, key=lambda r: r[key])
     return {"metric": key, "reference": {k: ref_row[k] for k in ("sampler", "steps", "nfe", key)},
             "best_fast": {k: best[k] for k in ("sampler", "steps", "nfe", key)}, "max_nfe": max_nfe,
             "ratio": best[key] / ref_row[key] if ref_row[key] else math.nan}
 
 
-def _print_table(model: Model, rows, keys, floors, n) -> None:
+def _print_table(model: Model, rows, keys, floors, n, ref=None) -> None:
     table = Table(title=f"{model.run.path.name} (step {model.step}), n={n}: quality against network evaluations")
     for col in ("sampler", "steps", "NFE", *keys, "ms / sample", "x0 clipped"):
         table.add_column(col, justify="left" if col == "sampler" else "right")
@@ -163,11 +179,11 @@ def _print_table(model: Model, rows, keys, floors, n) -> None:
     table.caption = "floor (real vs real, same n): " + ", ".join(f"{k} {v:.4g}" for k, v in floors.items())
     console.print(table)
     if keys:
-        s = summary(rows, keys[0])
+        s = summary(rows, keys[0], ref=ref)
         if s:
             ref, best = s["reference"], s["best_fast"]
             console.print(
-                f"{keys[0]}: ancestral ddpm at {ref['nfe']} NFE {ref[keys[0]]:.4g}; best at <= {s['max_nfe']} NFE: "
+                f"{keys[0]}: {ref['sampler']} at {ref['nfe']} NFE {ref[keys[0]]:.4g}; best at <= {s['max_nfe']} NFE: "
                 f"{best['sampler']} {best['steps']} steps ({best['nfe']} NFE) {best[keys[0]]:.4g}, {s['ratio']:.2f}x the reference."
             )
     for r in rows:
@@ -194,3 +210,67 @@ def _json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+@app.command("speed")
+def speed(
+    model: Annotated[str, typer.Option(help="Default models to time, comma-separated: 2d (mlp), mnist16 (unet 16x16), rgb32 (unet 32x32 RGB).")] = "2d,mnist16,rgb32",
+    vs: Annotated[Optional[str], typer.Option(help="Also time diffusers' UNet2DModel + DDPMScheduler at a matched size, interleaved (needs `pip install 'ddpmctl[bench]'`).")] = None,
+    nfe: Annotated[int, typer.Option(min=1, help="Network evaluations of each timed ancestral sampling run (1000: the full chain).")] = 1000,
+    train_steps: Annotated[int, typer.Option(min=1, help="Timed training steps per repeat.")] = 20,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats; the median is reported.")] = 3,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training and sampling batch (default: each model's training default).")] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile ddpmctl's network (training and sampling).")] = False,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA GPUs that support it, else float32), fp32 or bf16; both sides alike.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+):
+    """Training and sampling images per second, and peak step memory, of the default networks."""
+    from ddpmctl import speed as bench_speed
+    from ddpmctl.devices import pick_device, set_threads
+
+    models = _names(model, "--model")
+    for m in models:
+        if m not in bench_speed.MODELS:
+            raise OptionsError(f"unknown model {m!r} for --model; known: {', '.join(bench_speed.MODELS)}.")
+    if vs is not None and vs != "diffusers":
+        raise OptionsError(f"--vs knows only diffusers, not {vs!r}.")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise OptionsError(f"--precision must be auto, fp32 or bf16; got {precision!r}.")
+    if nfe > bench_speed.T:
+        raise OptionsError(f"--nfe {nfe} is more than the T = {bench_speed.T} training steps of the default schedule; use at most {bench_speed.T}.")
+    if vs and any(bench_speed.MODELS[m]["kind"] != "images" for m in models):
+        skipped = [m for m in models if bench_speed.MODELS[m]["kind"] != "images"]
+        console.print(f"[yellow]note:[/yellow] diffusers has no counterpart of {', '.join(skipped)}; timing ddpmctl alone there.")
+    set_threads(threads)
+    dev = pick_device(device)
+    settings = bench_speed.Settings(train_steps=train_steps, nfe=nfe, repeats=repeats, batch_size=batch_size,
+                                    compile=compile, precision=precision, vs=vs)
+    results = []
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("speed", total=len(models))
+        for m in models:
+            s = dataclasses.replace(settings, vs=vs if bench_speed.MODELS[m]["kind"] == "images" else None)
+            results.append(bench_speed.measure(m, s, dev, tick=lambda d: bar.update(task, description=d)))
+            bar.advance(task)
+    env = bench_speed.environment(dev)
+    _speed_table(results, env)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(json_out, json.dumps({"environment": env, "settings": dataclasses.asdict(settings), "results": results}, indent=2).encode())
+        console.print(f"saved {json_out}")
+
+
+def _speed_table(results: list[dict], env: dict) -> None:
+    for r in results:
+        table = Table(title=f"{r['model']} ({r['network']}, batch {r['batch_size']}) on {env['device']}, {env['threads']} threads: "
+                            f"medians of {r['repeats']} interleaved repeats")
+        for col in ("side", "parameters", "train img/s", f"sample img/s, {r['nfe']} NFE", "train step MB", "sample step MB"):
+            table.add_column(col, justify="left" if col == "side" else "right")
+        for name, s in r["sides"].items():
+            table.add_row(name, f"{s['parameters']:,}", f"{s['train_images_per_s']:.1f}", f"{s['sample_images_per_s']:.3g}",
+                          f"{s['train_step_peak_mb']:.1f}", f"{s['sample_step_peak_mb']:.1f}")
+        if "ratios" in r:
+            table.add_row("[bold]ddpmctl / diffusers[/bold]", "", f"[bold]{r['ratios']['train']:.2f}x[/bold]", f"[bold]{r['ratios']['sample']:.2f}x[/bold]", "", "")
+        console.print(table)

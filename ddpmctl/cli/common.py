@@ -45,11 +45,11 @@ def existing_run(path: Path) -> Path:
     return RunDir.open(path).path
 
 
-def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None):
+def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None, compile: bool = False):
     """Load a run's model for sampling, and say what changed since its checkpoint was written."""
     from ddpmctl.pipeline import load_model
 
-    model = load_model(path, device, checkpoint)
+    model = load_model(path, device, checkpoint, compile=compile)
     if model.changes:
         console.print(f"[yellow]note:[/yellow] checkpoint of step {model.step} was written with other software: "
                       + "; ".join(model.changes) + ".", soft_wrap=True)

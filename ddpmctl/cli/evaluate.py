@@ -28,9 +28,9 @@ def evaluate(
     seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
     sampler: Annotated[str, typer.Option(help="Sampler plugin.")] = "ddpm",
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: all T).")] = None,
-    samples: Annotated[Optional[Path], typer.Option(help="Evaluate this .npz from `ddpmctl sample` instead of sampling.")] = None,
+    samples: Annotated[Optional[Path], typer.Option(help="Evaluate this .npz from `ddpmctl sample`, or a folder from `ddpmctl sample --export`, instead of sampling.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Metric option METRIC.KEY=VALUE (repeatable).")] = None,
-    classes: Annotated[Optional[str], typer.Option("--class", help="Conditional models: sample these classes (comma list; default all) for class-accuracy.")] = None,
+    classes: Annotated[Optional[str], typer.Option("--class", help="Conditional models: sample these classes (comma list; default all) for class-accuracy and cas.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale when sampling a conditional model.")] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
@@ -46,7 +46,7 @@ def evaluate(
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"sampling {n} with {sampler}", total=n)
             labels = _labels(model, [classes] if classes else None, guidance, n)
-            if labels is None and model.num_classes and any(m == "class-accuracy" for m, _, _ in metrics):
+            if labels is None and model.num_classes and any("labels" in inspect.signature(fn).parameters for _, fn, _ in metrics):
                 labels = _labels(model, [",".join(map(str, range(model.num_classes)))], guidance, n)  # every class
             x, rec = draw(model, n, sampler, steps, seed, None, labels=labels, guidance=guidance, callback=None,
                           on_batch=lambda b: bar.advance(task, b))
@@ -75,6 +75,8 @@ def evaluate(
             result = fn(x, model.dataset(), **kwargs)
         for warning in result.protocol.get("warnings", []):
             console.print(f"[yellow]warning ({name}):[/yellow] {warning}")
+        if result.protocol.get("summary"):
+            console.print(f"{name}: {result.protocol['summary']}")
         for key, value in result.values.items():
             floor = result.floor.get(key, float("nan"))
             ratio = value / floor if floor else float("nan")
@@ -87,6 +89,11 @@ def evaluate(
 
 
 def _read_samples(path: Path):
+    if path.is_dir():  # an export of `ddpmctl sample --export`: PNGs and a manifest
+        from ddpmctl.export import read
+
+        pixels, labels, manifest = read(path)
+        return pixels.float() / 127.5 - 1.0, manifest.get("sampling", {"sampler": "?", "steps": "?", "nfe": "?"}), labels
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist; make one with `ddpmctl sample RUN`.")
     try:

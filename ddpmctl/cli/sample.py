@@ -14,6 +14,7 @@ from rich.progress import Progress
 from ddpmctl import registry
 from ddpmctl.cli.common import console, parse_options, load_run
 from ddpmctl.errors import OptionsError
+from ddpmctl.export import check_target, write as write_export
 from ddpmctl.pipeline import Model, sample as draw
 
 
@@ -31,20 +32,36 @@ def sample(
     grid: Annotated[Optional[Path], typer.Option(help="Also save a PNG grid of the samples (images; the first 400) at this path.")] = None,
     clip: Annotated[Optional[float], typer.Option(min=0, help="Clamp x0_hat to [-CLIP, CLIP] at every step; 0 turns clipping off (default: [-1, 1] for images, 1.25 x the data range for 2-D).")] = None,
     dynamic_threshold: Annotated[Optional[float], typer.Option(min=0, max=100, help="Dynamic thresholding of x0_hat at this percentile (Imagen), e.g. 99.5.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(min=1, help="Class-conditional models: K samples of each class (of --class, default all), instead of --n.")] = None,
+    export: Annotated[Optional[Path], typer.Option(help="Also write the images as a labelled folder, DIR/<class>/<index>.png with DIR/manifest.json, that imagefolder and torchvision's ImageFolder read (DIR new or empty).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/samples).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Run the network through torch.compile: a slow first batch, then faster ones (worth it for many steps).")] = False,
 ):
     """Sample from a run's EMA weights; writes samples (.npz) and a PNG of them over the data."""
-    model = load_run(run, device)
+    model = load_run(run, device, compile=compile)
     _check_steps(model, steps)
     images = model.data["kind"] == "images"
+    if export is not None:
+        check_target(export)
+        if not images:
+            raise OptionsError(f"--export writes image files, but {model.run.path} is a model of 2-D points; use the .npz that `ddpmctl sample` writes.")
+    if per_class is not None:
+        if model.num_classes == 0:
+            raise OptionsError(f"--per-class needs a class-conditional model, but {model.run.path} was trained without --cond class; use --n, or train with --cond class.")
+        if n is not None:
+            raise OptionsError("--n and --per-class both set the number of samples; pass only one of them.")
+        labels = torch.tensor(_chosen(model, classes)).repeat_interleave(per_class)  # K of each class, in blocks
+        n = len(labels)
     n = n or (64 if images else 2000)
     batch_size = batch_size or (256 if images else 2048)
-    labels = _labels(model, classes, guidance, n)
+    if per_class is None:
+        labels = _labels(model, classes, guidance, n)
     sampler_opts = parse_options(option)
     registry.validate_options("sampler", sampler, sampler_opts)
     out = out or model.run.path / "samples"
     stem = f"{sampler}-{steps or model.schedule.T}steps-seed{seed}" + _label_stem(classes, guidance, labels)
+    stem += f"-{per_class}perclass" if per_class else ""
 
     frames: list[tuple[str, torch.Tensor]] = []
     keep_every = None
@@ -69,6 +86,8 @@ def sample(
     else:
         np.savez(npz, samples=x.numpy(), record=json.dumps(rec))
     console.print(f"samples: {npz}  ({rec['nfe']} network evaluations per sample)")
+    if export is not None:
+        _export(model, x, labels, rec, export, per_class)
     _pictures(model, x, frames, out, stem)
     if images:
         _image_pictures(x, labels, frames, out, stem, grid)
@@ -91,6 +110,14 @@ def _labels(model: Model, classes: Optional[list[str]], guidance: float, n: int)
         return None
     if not classes and guidance == 1.0:
         return None
+    chosen = _chosen(model, classes)
+    per = torch.arange(n) * len(chosen) // n  # sample i gets class chosen[i * K // n]
+    return torch.tensor(chosen)[per]
+
+
+def _chosen(model: Model, classes: Optional[list[str]]) -> list[int]:
+    """The classes of --class (repeatable or comma lists), checked; all of the model's without it."""
+    k = model.num_classes
     chosen: list[int] = []
     for item in classes or [str(c) for c in range(k)]:
         for part in item.replace(" ", "").split(","):
@@ -101,8 +128,25 @@ def _labels(model: Model, classes: Optional[list[str]], guidance: float, n: int)
             chosen.append(int(part))
     if not chosen:
         raise OptionsError(f"--class was given no class; use classes 0 to {k - 1}, e.g. --class 7 or --class 1,2.")
-    per = torch.arange(n) * len(chosen) // n  # sample i gets class chosen[i * K // n]
-    return torch.tensor(chosen)[per]
+    return chosen
+
+
+def _export(model: Model, x: torch.Tensor, labels, rec: dict, folder: Path, per_class: Optional[int]) -> None:
+    """The samples as a labelled image folder with a manifest of how they were drawn."""
+    from ddpmctl.pipeline import versions
+
+    cfg = model.config
+    manifest = {
+        "run": str(model.run.path.resolve()), "model": {k: cfg.get(k) for k in ("data", "data_options", "network", "cond", "prediction")},
+        "checkpoint_step": model.step, "sampler": rec["sampler"], "steps": rec["steps"], "seed": rec["seed"],
+        "seeds": f"image <index> draws its noise from torch.Generator().manual_seed({rec['seed']} * 1000003 + index // 16) (ddpmctl.pipeline.block_generators)",
+        "guidance": rec["guidance"], "per_class": per_class, "sampling": rec, "versions": versions(),
+    }
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"writing {len(x)} PNGs", total=len(x))
+        path = write_export(folder, to_uint8(x), labels, model.num_classes, manifest, on_image=lambda k: bar.advance(task, k))
+    what = f"{len(x)} images" + ("" if labels is None else f" in {len(set(labels.tolist()))} class folders")
+    console.print(f"export: {folder} ({what}; {path.name})")
 
 
 def _label_stem(classes, guidance: float, labels) -> str:

@@ -63,19 +63,19 @@ RECIPE = Recipe()
 
 
 class DigitCNN(nn.Module):
-    """(B, 1, 28, 28) in [-1, 1] -> 10 logits; ``features`` is the 128-d penultimate layer (after ReLU)."""
+    """(B, C, 28, 28) in [-1, 1] -> logits (10 for digits); ``features`` is the 128-d penultimate layer (after ReLU)."""
 
     feature_dim = 128
 
-    def __init__(self):
+    def __init__(self, num_classes: int = NUM_CLASSES, in_channels: int = 1):
         super().__init__()
 
         def block(c_in, c_out):
             return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
-        self.body = nn.Sequential(*block(1, 16), *block(16, 32), *block(32, 64), nn.Flatten())  # (B, 64*3*3)
+        self.body = nn.Sequential(*block(in_channels, 16), *block(16, 32), *block(32, 64), nn.Flatten())  # (B, 64*3*3)
         self.fc = nn.Sequential(nn.Linear(64 * 3 * 3, self.feature_dim), nn.ReLU())
-        self.head = nn.Linear(self.feature_dim, NUM_CLASSES)
+        self.head = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.body(x))  # (B, 128)
@@ -131,6 +131,11 @@ def to_classifier_input(images: torch.Tensor, quantized: bool = True) -> torch.T
     """(B, 1, H, W) in [-1, 1] -> (B, 1, 28, 28) in [-1, 1]: 8-bit rounding, then bilinear resize to 28x28."""
     if images.ndim != 4 or images.shape[1] != 1:
         raise DataError(f"the digit classifier reads 1-channel images (N, 1, H, W), got {tuple(images.shape)}; classifier metrics are for MNIST-like data.")
+    return resize_28(images, quantized)
+
+
+def resize_28(images: torch.Tensor, quantized: bool = True) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, C, 28, 28): 8-bit rounding (optional), then bilinear resize."""
     x = quantize(images) * 2 - 1 if quantized else images.float().clamp(-1, 1)
     if x.shape[-2:] != (SIZE, SIZE):
         x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=x.shape[-1] > SIZE)
@@ -155,34 +160,42 @@ def _accuracy(net: DigitCNN, x: torch.Tensor, y: torch.Tensor, device: torch.dev
     return float((torch.from_numpy(probs).argmax(1) == y).double().mean())
 
 
-def train(which: str = "mnist", recipe: Recipe | None = None, device: str = "auto", progress: Progress = None) -> tuple[DigitCNN, dict]:
-    """Train the classifier from scratch on the 28x28 training split; returns it with its record."""
-    recipe = recipe or RECIPE
-    x, y = load_split(which, train=True)
-    xt, yt = load_split(which, train=False)
-    dev = pick_device(device)
+def fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int, recipe: Recipe, device: torch.device,
+        progress: Progress = None, what: str = "training a classifier") -> DigitCNN:
+    """Train a DigitCNN from scratch on images ``x`` (N, C, 28, 28) in [-1, 1] with labels ``y`` in
+    0..num_classes-1: ``steps`` random batches, AdamW with a one-cycle learning rate, each batch
+    shifted (and blurred) as ``recipe`` says; weights and batches seeded by ``recipe.seed``.
+    Returned in eval mode, without gradients."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        net = DigitCNN().to(dev)
+        net = DigitCNN(num_classes, x.shape[1]).to(device)
     g = torch.Generator().manual_seed(recipe.seed)
-    steps = max(1, round(recipe.epochs * len(x) / recipe.batch_size))
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
-    what = f"training the {which} classifier (once; cached)"
-    t0 = time.perf_counter()
     net.train()
     for step in range(steps):
         idx = torch.randint(0, len(x), (recipe.batch_size,), generator=g)
-        xb = _augment(x[idx], step, recipe, g).to(dev)
-        loss = F.cross_entropy(net(xb), y[idx].to(dev))
+        xb = _augment(x[idx], step, recipe, g).to(device)
+        loss = F.cross_entropy(net(xb), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if progress is not None and (step % 20 == 0 or step == steps - 1):
             progress(what, step + 1, steps)
+    return net.eval().requires_grad_(False)
+
+
+def train(which: str = "mnist", recipe: Recipe | None = None, device: str = "auto", progress: Progress = None) -> tuple[DigitCNN, dict]:
+    """Train the classifier from scratch on the 28x28 training split; returns it with its record."""
+    recipe = recipe or RECIPE
+    x, y = load_split(which, train=True)
+    xt, yt = load_split(which, train=False)
+    dev = pick_device(device)
+    steps = max(1, round(recipe.epochs * len(x) / recipe.batch_size))
+    t0 = time.perf_counter()
+    net = fit(x, y, NUM_CLASSES, steps, recipe, dev, progress, f"training the {which} classifier (once; cached)")
     train_s = time.perf_counter() - t0
-    net.eval().requires_grad_(False)
     record = {
         "classifier": which,
         "recipe": asdict(recipe),

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.datasets.base import Dataset
+from ddpmctl.errors import DataError
 from ddpmctl.metrics.base import MetricResult
 from ddpmctl.registry import PluginOptions, with_options
 
@@ -29,7 +30,7 @@ def _references(dataset: Dataset, n: int, ref_seed: int) -> tuple[np.ndarray, np
 def _points(samples: torch.Tensor) -> np.ndarray:
     x = samples.detach().double().cpu().reshape(samples.shape[0], -1).numpy()
     if x.shape[1] != 2:
-        raise ValueError(f"2-D metrics need points of shape (n, 2), got {tuple(samples.shape)}")
+        raise DataError(f"2-D metrics need points of shape (n, 2), got {tuple(samples.shape)}; for images use classifier-fid, fid or is.")
     return x
 
 
