@@ -5,7 +5,7 @@ diffusers' UNet2DModel + DDPMScheduler at a matched size (the function behind `d
     python benchmarks/speed.py --model mnist16 --repeats 5
     python benchmarks/speed.py --ablation --nfe 100     # mnist16: channels-last and torch.compile, each on and off
 
-Needs diffusers (`pip install 'ddpmctl[bench]'`). Repeats are interleaved (ours, theirs, ours,
+Needs diffusers (`pip install 'ddpmctl[bench]'` or `pip install diffusers`). Repeats are interleaved (ours, theirs, ours,
 theirs ...) so that other load slows both alike; ratios are medians of per-repeat ratios. Run it
 on a quiet machine for absolute numbers. Results go to benchmarks/out/speed/ as JSON and Markdown.
 """

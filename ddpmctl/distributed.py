@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from ddpmctl.errors import ConfigError, RunError
+
+# How long a rank waits for the others at a collective: rank 0 alone draws sample grids and runs
+# --eval-every evaluations (minutes for FID on a CPU) while the others wait at the next step.
+WAIT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,8 @@ def init(world: World, device: torch.device) -> torch.device:
         backend = "gloo"
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, rank=world.rank, world_size=world.size, device_id=device if device.type == "cuda" else None)
+            dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=WAIT,
+                                    device_id=device if device.type == "cuda" else None)
         except ValueError as exc:  # env:// rendezvous without MASTER_ADDR / MASTER_PORT
             raise RunError(f"cannot join the process group ({str(exc).splitlines()[0]}); launch with torchrun.") from None
     return device

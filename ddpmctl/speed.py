@@ -18,11 +18,13 @@ ratios. Nothing here prints; ``tick(description)`` reports progress.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Optional
 
@@ -74,7 +76,7 @@ def peak_step_bytes(fn: Callable[[], object], device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # the profiler's own log lines are not for the user
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
     now = peak = 0
@@ -82,6 +84,21 @@ def peak_step_bytes(fn: Callable[[], object], device: torch.device) -> int:
         now += nbytes
         peak = max(peak, now)
     return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 for a moment: torch's allocator warns in C++, straight to stderr,
+    when a block made before profiling is freed during it, which is expected here."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class Ours:
@@ -163,7 +180,7 @@ class Diffusers:
             from diffusers import DDPMScheduler, UNet2DModel
             from diffusers.training_utils import EMAModel
         except ImportError:
-            raise ConfigError("--vs diffusers needs the diffusers package; install it with `pip install 'ddpmctl[bench]'` (or `pip install diffusers`).") from None
+            raise ConfigError("--vs diffusers needs the diffusers package; install it with `pip install diffusers` (ddpmctl's optional extra `bench`).") from None
         spec = MODELS[model]
         if spec["kind"] != "images":
             raise OptionsError(f"diffusers has no counterpart of the {model} model (UNet2DModel is for images); drop --vs or choose image models.")

@@ -38,6 +38,7 @@ def test_bench_speed_against_diffusers_interleaves_and_prints_ratios(tmp_path):
             "--batch-size", "8", "--json", out, env=ONE_THREAD)
     assert_ok(r)
     assert "ddpmctl / diffusers" in r.stdout
+    assert "profil" not in r.stderr.lower() and "USDT" not in r.stderr  # the memory profiler's chatter stays hidden
     (result,) = json.loads(out.read_text())["results"]
     ours, theirs = result["sides"]["ddpmctl"], result["sides"]["diffusers"]
     assert abs(theirs["parameters"] / ours["parameters"] - 1) <= 0.1

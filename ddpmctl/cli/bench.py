@@ -215,7 +215,7 @@ def _json_safe(obj):
 @app.command("speed")
 def speed(
     model: Annotated[str, typer.Option(help="Default models to time, comma-separated: 2d (mlp), mnist16 (unet 16x16), rgb32 (unet 32x32 RGB).")] = "2d,mnist16,rgb32",
-    vs: Annotated[Optional[str], typer.Option(help="Also time diffusers' UNet2DModel + DDPMScheduler at a matched size, interleaved (needs `pip install 'ddpmctl[bench]'`).")] = None,
+    vs: Annotated[Optional[str], typer.Option(help="Also time diffusers' UNet2DModel + DDPMScheduler at a matched size, interleaved (needs `pip install diffusers`, the extra `bench`).")] = None,
     nfe: Annotated[int, typer.Option(min=1, help="Network evaluations of each timed ancestral sampling run (1000: the full chain).")] = 1000,
     train_steps: Annotated[int, typer.Option(min=1, help="Timed training steps per repeat.")] = 20,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats; the median is reported.")] = 3,
