@@ -252,21 +252,20 @@ def measure(model: str, settings: Settings, device: torch.device, tick: Callable
 
     train_s = {s.name: [] for s in sides}
     sample_s = {s.name: [] for s in sides}
+    def timed(fn: Callable[[], object]) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
     for r in range(settings.repeats):
         for side in sides:  # interleaved: ours, theirs, ours, theirs ...
             tick(f"{model}: training, {side.name}, repeat {r + 1}")
-            _sync(device)
-            t0 = time.perf_counter()
-            side.train(settings.train_steps)
-            _sync(device)
-            train_s[side.name].append(time.perf_counter() - t0)
+            train_s[side.name].append(timed(lambda: side.train(settings.train_steps)))
         for side in sides:
             tick(f"{model}: sampling {settings.nfe} steps, {side.name}, repeat {r + 1}")
-            _sync(device)
-            t0 = time.perf_counter()
-            side.sample(settings.nfe)
-            _sync(device)
-            sample_s[side.name].append(time.perf_counter() - t0)
+            sample_s[side.name].append(timed(lambda: side.sample(settings.nfe)))
 
     def rates(seconds, images):
         return [images / s for s in seconds]

@@ -32,15 +32,15 @@ def cli(*args, env: dict | None = None, cwd: Path | None = None, timeout: float 
     )
 
 
-def cli_in_process(args: list[str], env: dict[str, str], monkeypatch, capsys) -> tuple[int, str]:
+def run_in_process(args: list, env: dict[str, str], monkeypatch, capsys, columns: int = 200) -> tuple[int, str, str]:
     """Run `ddpmctl ARGS` in this process, as the console script does (seconds faster than
-    `cli` where many commands run); returns (exit code, stdout + stderr)."""
+    `cli` where many commands run); returns (exit code, stdout, stderr)."""
     from ddpmctl.cli import main
 
     with monkeypatch.context() as m:
         for k in [k for k in os.environ if k.startswith("DDPMCTL_")]:
             m.delenv(k)
-        m.setenv("COLUMNS", "200")
+        m.setenv("COLUMNS", str(columns))
         for k, v in env.items():
             m.setenv(k, v)
         m.setattr(sys, "argv", ["ddpmctl", *map(str, args)])
@@ -50,7 +50,13 @@ def cli_in_process(args: list[str], env: dict[str, str], monkeypatch, capsys) ->
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
     out = capsys.readouterr()
-    return code, out.out + out.err
+    return code, out.out, out.err
+
+
+def cli_in_process(args: list, env: dict[str, str], monkeypatch, capsys) -> tuple[int, str]:
+    """`run_in_process`, with stdout and stderr together."""
+    code, out, err = run_in_process(args, env, monkeypatch, capsys)
+    return code, out + err
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:

@@ -9,34 +9,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 from ddpmctl import registry
-from ddpmctl.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_process
 
 DOC = REPO / "docs" / "errors.md"
 
 
 def run(args: list[str], env: dict[str, str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run `ddpmctl ARGS` in this process, as the console script does."""
-    with monkeypatch.context() as m:
-        for k in [k for k in os.environ if k.startswith("DDPMCTL_")]:
-            m.delenv(k)
-        m.setenv("COLUMNS", "300")
-        for k, v in env.items():
-            m.setenv(k, v)
-        m.setattr(sys, "argv", ["ddpmctl", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """Run `ddpmctl ARGS` in this process, wide enough that Typer's boxes do not wrap."""
+    return run_in_process(args, env, monkeypatch, capsys, columns=300)
 
 
 def message(err: str) -> str:
