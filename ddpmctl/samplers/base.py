@@ -82,6 +82,11 @@ def quadratic_timesteps(T: int, steps: int) -> torch.Tensor:
     return spread_timesteps(torch.arange(T, dtype=torch.float64).sqrt(), steps)
 
 
+def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
+    """The ``uniform`` or ``quadratic`` subsequence of ``steps`` timesteps, increasing."""
+    return (quadratic_timesteps if spacing == "quadratic" else uniform_timesteps)(T, steps)
+
+
 Generators = "torch.Generator | list[torch.Generator] | None"
 
 

@@ -10,16 +10,12 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, check_finite, quadratic_timesteps, randn_like, uniform_timesteps
+from ddpmctl.samplers.base import Callback, check_finite, randn_like, spaced_timesteps
 
 
 class DDIMOptions(PluginOptions):
     eta: float = Field(0.0, ge=0, le=1, description="0: deterministic DDIM; 1: the ancestral (DDPM, beta-tilde) process")
     spacing: Literal["uniform", "quadratic"] = Field("uniform", description="timestep subsequence tau (DDIM sec. 4.2, D.2)")
-
-
-def timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
-    return (quadratic_timesteps if spacing == "quadratic" else uniform_timesteps)(T, steps)
 
 
 @with_options(DDIMOptions)
@@ -42,7 +38,7 @@ def ddim(
         sigma_i = eta sqrt((1 - a_{i-1}) / (1 - a_i)) sqrt(1 - a_i / a_{i-1})              (eq. 16)
     """
     schedule = denoiser.schedule
-    taus = timesteps(schedule.T, steps or schedule.T, spacing)
+    taus = spaced_timesteps(schedule.T, steps or schedule.T, spacing)
     alpha_bar = schedule.alpha_bar[taus]
     alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
     sigma = eta * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).sqrt() * (1.0 - alpha_bar / alpha_bar_prev).sqrt()  # eq. 16
@@ -86,7 +82,7 @@ def ddim_invert(
     times (fixed-point iteration, one network evaluation each).
     """
     schedule = denoiser.schedule
-    taus = timesteps(schedule.T, steps or schedule.T, spacing)
+    taus = spaced_timesteps(schedule.T, steps or schedule.T, spacing)
     alpha_bar = schedule.alpha_bar[taus]
     alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
 

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ddpmctl.diffusion import learned_log_variance
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, check_finite, quadratic_timesteps, randn_like, uniform_timesteps
+from ddpmctl.samplers.base import Callback, check_finite, randn_like, spaced_timesteps
 
 
 class DDPMOptions(PluginOptions):
@@ -41,18 +41,13 @@ def ddpm(
     alpha_bar_{tau_i}, beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}, beta-tilde_i its posterior
     variance; one step is x_{i-1} = mu-tilde_i(x_i, x0_hat) + sigma_i z.
     """
-    schedule = denoiser.schedule
-    T = schedule.T
-    taus = (quadratic_timesteps if spacing == "quadratic" else uniform_timesteps)(T, steps or T)  # tau_1 < ... < tau_S
+    T = denoiser.schedule.T
+    taus = spaced_timesteps(T, steps or T, spacing)  # tau_1 < ... < tau_S
     # Respaced schedule: alpha_bar kept at the chosen steps, betas recomputed (N&D 2021, eq. 19).
-    alpha_bar = schedule.alpha_bar[taus]
-    alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
-    beta = 1.0 - alpha_bar / alpha_bar_prev
-    beta_tilde = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta  # DDPM eq. 7
-    coef_x0 = alpha_bar_prev.sqrt() * beta / (1.0 - alpha_bar)  # mu-tilde, DDPM eq. 7
-    coef_xt = (1.0 - beta).sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-    # log beta-tilde with its first value (0) replaced by the second, as improved DDPM does.
-    log_beta_tilde = torch.log(torch.cat([beta_tilde[1:2], beta_tilde[1:]])) if len(taus) > 1 else beta.log()
+    rs = denoiser.schedule.respace(taus)
+    coef_x0, coef_xt = rs.posterior_mean_coef1, rs.posterior_mean_coef2  # mu-tilde, DDPM eq. 7
+    std_beta, std_beta_tilde = rs.beta.sqrt(), rs.beta_tilde.sqrt()
+    log_beta, log_beta_tilde = rs.beta.log(), rs.log_beta_tilde_clipped  # ends of the learned interpolation
 
     x = x_T.to(torch.float64)
     S = len(taus)
@@ -68,11 +63,11 @@ def ddpm(
         if i > 0:
             z = randn_like(x, generator)
             if variance == "beta":
-                std = float(beta[i]) ** 0.5
+                std = float(std_beta[i])
             elif variance == "beta_tilde" or pred.var_interp is None:
-                std = float(beta_tilde[i]) ** 0.5
+                std = float(std_beta_tilde[i])
             else:  # learned, on the respaced betas (N&D eq. 15, as improved DDPM respaces it)
-                std = torch.exp(0.5 * learned_log_variance(pred.var_interp, float(beta[i].log()), float(log_beta_tilde[i])))
+                std = torch.exp(0.5 * learned_log_variance(pred.var_interp, float(log_beta[i]), float(log_beta_tilde[i])))
             x = mean + std * z  # Algorithm 2, line 4
         else:
             x = mean  # no noise at the last step
