@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ddpmctl.diffusion import eps_x0_from_output, gather
+from ddpmctl.diffusion import eps_x0_from_output, gather, split_variance
 from ddpmctl.schedules import Schedule
 
 
@@ -85,14 +85,13 @@ class Denoiser:
             null = torch.full_like(y, self.num_classes)
             out = self._net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
             out_c, out_u = out.chunk(2)
-            out_c, var_c = split_variance(out_c, x_t)
+            out_c, var_interp = split_variance(out_c, x_t)
             out_u, _ = split_variance(out_u, x_t)
-            out, var_out = out_u + self.guidance * (out_c - out_u), var_c  # Ho & Salimans 2022, eq. 6
+            out = out_u + self.guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
         else:
-            out, var_out = split_variance(self._net(x_t, t, y), x_t)
+            out, var_interp = split_variance(self._net(x_t, t, y), x_t)
         a = gather(self.schedule.alpha_bar, t, x_t)
         eps, x0 = eps_x0_from_output(self.prediction, out, x_t, a)
-        var_interp = None if var_out is None else (var_out + 1.0) / 2.0  # N&D 2021: v in [-1, 1] -> [0, 1]
         if self.clip_x0 is not None or self.dynamic_threshold is not None:
             x0_raw = x0
             if self.dynamic_threshold is not None:
@@ -103,13 +102,3 @@ class Denoiser:
             self.x0_count += x0.numel()
             eps = (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()  # eps consistent with the clipped x0_hat
         return Prediction(eps, x0, var_interp)
-
-
-def split_variance(out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A network output with twice x_t's channels is (mean output, variance output) along dim 1."""
-    if out.shape == x_t.shape:
-        return out, None
-    if out.shape[1] == 2 * x_t.shape[1] and out.shape[2:] == x_t.shape[2:]:
-        mean_out, var_out = out.chunk(2, dim=1)
-        return mean_out, var_out
-    raise ValueError(f"network output of shape {tuple(out.shape)} fits neither x_t {tuple(x_t.shape)} nor twice its channels")

@@ -89,6 +89,17 @@ class DiffusionLoss:
         return F.mse_loss(out.float(), target(self.prediction, self.schedule, x0, eps, t).float())
 
 
+def split_variance(out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A network output of x_t's shape is (out, None); one with twice x_t's channels is (mean
+    output, v) along dim 1, its second half in [-1, 1] mapped to v in [0, 1] (Nichol & Dhariwal 2021)."""
+    if out.shape == x_t.shape:
+        return out, None
+    if out.shape[1] == 2 * x_t.shape[1] and out.shape[2:] == x_t.shape[2:]:
+        mean_out, var_out = out.chunk(2, dim=1)
+        return mean_out, (var_out + 1.0) / 2.0
+    raise ValueError(f"network output of shape {tuple(out.shape)} fits neither x_t {tuple(x_t.shape)} nor twice its channels")
+
+
 def learned_log_variance(v: torch.Tensor, log_beta: torch.Tensor, log_beta_tilde: torch.Tensor) -> torch.Tensor:
     """log Sigma = v log beta_t + (1 - v) log beta-tilde_t  (Nichol & Dhariwal 2021, eq. 15)."""
     return v * log_beta + (1.0 - v) * log_beta_tilde
@@ -143,21 +154,21 @@ class HybridLoss(DiffusionLoss):
     def __call__(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         t, eps, x_t, y = self.draw(x0, y, generator)
         out = net(x_t, t, y)
-        if out.shape[1] != 2 * x0.shape[1]:
+        mean_out, v = split_variance(out.float(), x_t)
+        if v is None:
             raise ValueError(f"learned variance needs a network built with out_mult=2; its output has shape {tuple(out.shape)}")
-        mean_out, v_out = out.float().chunk(2, dim=1)
         l_simple = F.mse_loss(mean_out, target(self.prediction, self.schedule, x0, eps, t).float())
-        return l_simple + self.vlb_weight * self.schedule.T * self.vlb_term(mean_out.detach(), v_out, x0.float(), x_t.float(), t).mean()
+        return l_simple + self.vlb_weight * self.schedule.T * self.vlb_term(mean_out.detach(), v, x0.float(), x_t.float(), t).mean()
 
-    def vlb_term(self, mean_out, v_out, x0, x_t, t) -> torch.Tensor:
-        """L_{t-1} per example, in bits per dimension (shape (B,))."""
+    def vlb_term(self, mean_out, v, x0, x_t, t) -> torch.Tensor:
+        """L_{t-1} per example, in bits per dimension (shape (B,)); ``v`` in [0, 1] as split_variance gives it."""
         s = self.schedule
         _, x0_hat = eps_x0_from_output(self.prediction, mean_out, x_t, gather(s.alpha_bar, t, x_t))
         mean_p, _ = q_posterior(s, x0_hat, x_t, t)  # mu_theta = mu-tilde(x_t, x0_hat)
-        v = (v_out + 1.0) / 2.0
-        log_var_p = learned_log_variance(v, gather(s.beta.log(), t, x_t), gather(s.log_beta_tilde_clipped, t, x_t))  # N&D eq. 15
+        log_beta_tilde = gather(s.log_beta_tilde_clipped, t, x_t)
+        log_var_p = learned_log_variance(v, gather(s.log_beta, t, x_t), log_beta_tilde)  # N&D eq. 15
         mean_q, _ = q_posterior(s, x0, x_t, t)
-        kl = normal_kl(mean_q, gather(s.log_beta_tilde_clipped, t, x_t), mean_p, log_var_p)
+        kl = normal_kl(mean_q, log_beta_tilde, mean_p, log_var_p)
         nll = (discretized_gaussian_nll if self.decoder == "discretized" else gaussian_nll)(x0, mean_p, log_var_p)
         term = torch.where((t == 0).reshape(-1, *([1] * (x0.ndim - 1))), nll, kl)  # DDPM eq. 5: L_0 at t = 1, else L_{t-1}
         return term.reshape(term.shape[0], -1).mean(dim=1) / math.log(2.0)

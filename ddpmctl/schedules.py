@@ -48,6 +48,10 @@ class Schedule:
         return 1.0 - self.alpha
 
     @cached_property
+    def log_beta(self) -> torch.Tensor:
+        return torch.log(self.beta)
+
+    @cached_property
     def beta_tilde(self) -> torch.Tensor:
         """Posterior variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 7)."""
         return (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar) * self.beta
@@ -57,7 +61,7 @@ class Schedule:
         """log beta-tilde_t with the t = 1 value (which is 0) replaced by that of t = 2, as in
         improved DDPM's code, so that the learned-variance interpolation stays finite."""
         bt = self.beta_tilde
-        return torch.log(torch.cat([bt[1:2], bt[1:]])) if self.T > 1 else torch.log(self.beta)
+        return torch.log(torch.cat([bt[1:2], bt[1:]])) if self.T > 1 else self.log_beta
 
     @cached_property
     def posterior_mean_coef1(self) -> torch.Tensor:

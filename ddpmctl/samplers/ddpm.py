@@ -47,7 +47,7 @@ def ddpm(
     rs = denoiser.schedule.respace(taus)
     coef_x0, coef_xt = rs.posterior_mean_coef1, rs.posterior_mean_coef2  # mu-tilde, DDPM eq. 7
     std_beta, std_beta_tilde = rs.beta.sqrt(), rs.beta_tilde.sqrt()
-    log_beta, log_beta_tilde = rs.beta.log(), rs.log_beta_tilde_clipped  # ends of the learned interpolation
+    log_beta, log_beta_tilde = rs.log_beta, rs.log_beta_tilde_clipped  # ends of the learned interpolation
 
     x = x_T.to(torch.float64)
     S = len(taus)
