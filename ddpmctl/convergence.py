@@ -274,13 +274,6 @@ class Evaluator:
         return record, x
 
 
-def default_metric(kind: str, shape: tuple[int, ...]) -> str:
-    """wasserstein for 2-D points; classifier-fid for 1-channel images (digits), else fid."""
-    if kind == "points":
-        return "wasserstein"
-    return "classifier-fid" if shape[0] == 1 else "fid"
-
-
 def eval_labels(y: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
     """The classes present in the training labels ``y``, in equal contiguous blocks of n."""
     if y is None:
@@ -300,7 +293,7 @@ class Watch:
 
 def watch(s, ds) -> Watch:
     """The evaluations and stop criteria of resolved TrainSettings ``s`` on dataset ``ds``."""
-    from ddpmctl import registry
+    from ddpmctl import pipeline, registry
     from ddpmctl.errors import ConfigError
 
     threshold = Threshold.parse(s.until_metric) if s.until_metric else None
@@ -315,7 +308,7 @@ def watch(s, ds) -> Watch:
         raise ConfigError(f"until_metric {threshold} needs evaluations; set eval_every to a number of steps (--eval-every N).")
     if not every:
         return Watch(0, None, criteria)
-    metric = metric or default_metric(ds.kind, ds.shape)
+    metric = metric or pipeline.default_metric(ds.kind, ds.shape)
     fn, opts = registry.resolve("metric", metric, s.eval_options)
     registry.validate_options("sampler", s.eval_sampler, None)
     labels = eval_labels(ds.y, s.eval_n) if s.cond == "class" else None
@@ -365,14 +358,17 @@ def load_samples(path: Path) -> torch.Tensor:
 
 
 def write_plots(run) -> list[Path]:
-    """RUN/convergence.png (loss and quality against steps and wall time) and
-    RUN/samples-over-training.png (the fixed-seed samples of the evaluations), when there are evaluations."""
+    """RUN/loss.png, and when there are evaluations RUN/convergence.png (loss and quality against
+    steps and wall time) and RUN/samples-over-training.png (the fixed-seed samples of the evaluations)."""
     from ddpmctl import plots
 
     records = run.metrics()
-    evals = [r for r in eval_records(records) if samples_path(run.path, r["step"]).is_file()]
-    if not eval_records(records):
+    if not records:
         return []
+    out = [plots.loss_curve(records, run.path / "loss.png", title=f"training loss: {run.path.name}")]
+    if not eval_records(records):
+        return out
+    evals = [r for r in eval_records(records) if samples_path(run.path, r["step"]).is_file()]
     cfg = run.record["config"]
     lines = {}
     if cfg.get("until_metric"):
@@ -382,8 +378,8 @@ def write_plots(run) -> list[Path]:
     key = primary_key(records)
     if "metric" in lines:
         key = threshold_key(records, lines["metric"]) or key
-    out = [plots.convergence([(run.path.name, records)], key, run.path / "convergence.png",
-                             title=f"{run.path.name}: loss and {key} during training", lines=lines, window=LOSS_WINDOW)]
+    out.append(plots.convergence([(run.path.name, records)], key, run.path / "convergence.png",
+                                 title=f"{run.path.name}: loss and {key} during training", lines=lines, window=LOSS_WINDOW))
     if evals:
         picks = [evals[round(i * (len(evals) - 1) / (STRIP_ROWS - 1))] for i in range(STRIP_ROWS)] if len(evals) > STRIP_ROWS else evals
         picks = list({r["step"]: r for r in picks}.values())

@@ -18,7 +18,7 @@ from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.devices import channels_last_pays, pick_device
-from ddpmctl.errors import DataError, DdpmctlError
+from ddpmctl.errors import DataError, DdpmctlError, UnknownNameError
 from ddpmctl.run import RunDir
 from ddpmctl.samplers.base import randn
 from ddpmctl.schedules import Schedule
@@ -36,6 +36,18 @@ def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:
     defaults = PHASE_DEFAULTS[ds.kind]
     filled = {k: v for k, v in defaults.items() if getattr(s, k) is None}
     return s.model_copy(update=filled)
+
+
+def default_metric(kind: str, shape) -> str:
+    """The metric a run is judged by unless one is named: wasserstein for 2-D points; for
+    1-channel images (digits) the classifier FID when installed, else FID, as for other images."""
+    if kind == "points":
+        return "wasserstein"
+    known = registry.names("metric")
+    for name in (("classifier-fid", "fid") if shape[0] == 1 else ("fid",)):
+        if name in known:
+            return name
+    raise UnknownNameError(f"no image metric is installed (looked for classifier-fid and fid; known: {', '.join(known)}); pass --metric NAME.")
 
 
 def plugin_record(s: TrainSettings) -> dict[str, dict]:

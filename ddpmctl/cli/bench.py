@@ -25,9 +25,9 @@ from rich.table import Table
 
 from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.cli.common import console, parse_options, load_run
-from ddpmctl.errors import NumericalError, OptionsError, UnknownNameError
-from ddpmctl.pipeline import Model, sample as draw, versions
+from ddpmctl.cli.common import check_steps, console, load_run, parse_options
+from ddpmctl.errors import NumericalError, OptionsError
+from ddpmctl.pipeline import Model, default_metric, sample as draw, versions
 
 app = typer.Typer(help="Benchmark samplers (quality) and the default networks (speed).", no_args_is_help=True)
 
@@ -46,20 +46,8 @@ def _steps(text: str, T: int) -> list[int]:
         raise OptionsError(f"--steps must be integers separated by commas, like 5,10,20; got {text!r}.") from None
     if not steps or steps[0] < 1:
         raise OptionsError(f"--steps must be positive integers, like 5,10,20; got {text!r}.")
-    if steps[-1] > T:
-        raise OptionsError(f"--steps {steps[-1]} is more than the model's T = {T} training steps; use at most {T}.")
+    check_steps(steps[-1], T)
     return steps
-
-
-def default_metric(kind: str) -> str:
-    """wasserstein for points; for images the classifier FID when installed, else FID."""
-    if kind == "points":
-        return "wasserstein"
-    known = registry.names("metric")
-    for name in ("classifier-fid", "fid"):
-        if name in known:
-            return name
-    raise UnknownNameError(f"no image metric is installed (looked for classifier-fid and fid; known: {', '.join(known)}); pass --metric NAME.")
 
 
 @app.command("quality")
@@ -81,7 +69,7 @@ def quality(
     """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
     model = load_run(run, device)
     samplers = _names(sampler, "--sampler")
-    metrics = _names(metric, "--metric") if metric else [default_metric(model.data["kind"])]
+    metrics = _names(metric, "--metric") if metric else [default_metric(model.data["kind"], model.data["shape"])]
     step_list = _steps(steps, model.schedule.T)
     ref = _reference(reference, model.schedule.T) if reference else None
     opts = parse_options(option, kinds=tuple(dict.fromkeys(samplers + metrics)))

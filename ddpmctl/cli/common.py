@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from ddpmctl.errors import ConfigError
+from ddpmctl.errors import ConfigError, OptionsError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -54,3 +54,9 @@ def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None, c
         console.print(f"[yellow]note:[/yellow] checkpoint of step {model.step} was written with other software: "
                       + "; ".join(model.changes) + ".", soft_wrap=True)
     return model
+
+
+def check_steps(steps: int | None, T: int) -> None:
+    """A step count of sampling: at most the model's T training steps."""
+    if steps is not None and steps > T:
+        raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")

@@ -22,15 +22,10 @@ from ddpmctl.run import RunDir
 def plot(run: Annotated[Path, typer.Argument(help="Run directory made by `ddpmctl train`.")]):
     """Draw a run's loss.png, convergence.png (loss and quality against steps and wall time) and
     samples-over-training.png again from its metrics.jsonl."""
-    from ddpmctl import plots
-
     r = _open(run)
-    records = r.metrics()
-    paths = [plots.loss_curve(records, r.path / "loss.png", title=f"training loss: {r.path.name}")]
-    paths += convergence.write_plots(r)
-    for p in paths:
+    for p in convergence.write_plots(r):
         console.print(f"plot: {p}")
-    if not convergence.eval_records(records):
+    if not convergence.eval_records(r.metrics()):
         console.print("no quality evaluations in this run; train with --eval-every N to measure quality during training.")
 
 

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.cli.common import console, parse_options, load_run
-from ddpmctl.cli.sample import _check_steps, _labels
+from ddpmctl.cli.common import check_steps, console, load_run, parse_options
+from ddpmctl.cli.sample import _labels
 from ddpmctl.errors import DataError
 from ddpmctl.pipeline import sample as draw
 
@@ -36,7 +36,7 @@ def evaluate(
 ):
     """Compute metrics between a run's samples and real data; saves JSON in RUN/eval/."""
     model = load_run(run, device)
-    _check_steps(model, steps)
+    check_steps(steps, model.schedule.T)
     opts = parse_options(option, kinds=tuple(metric))
     metrics = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metric]  # every name checked first
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from ddpmctl.cli.common import console, load_run
+from ddpmctl.cli.common import check_steps, console, load_run
 from ddpmctl.errors import OptionsError
 from ddpmctl.interpolation import encode, interpolate as walk
 from ddpmctl.pipeline import Model
@@ -40,8 +40,7 @@ def interpolate(
     """Interpolate between two seeds (slerp of x_T) or two real examples (DDIM inversion, slerp, decode)."""
     model = load_run(run, device)
     T = model.schedule.T
-    if steps > T:
-        raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")
+    check_steps(steps, T)
     if spacing not in ("uniform", "quadratic"):
         raise OptionsError(f"unknown --spacing {spacing!r}; use uniform or quadratic.")
     y1 = _label(model, class_)

@@ -12,7 +12,7 @@ import typer
 from rich.progress import Progress
 
 from ddpmctl import registry
-from ddpmctl.cli.common import console, parse_options, load_run
+from ddpmctl.cli.common import check_steps, console, load_run, parse_options
 from ddpmctl.errors import OptionsError
 from ddpmctl.export import check_target, write as write_export
 from ddpmctl.pipeline import Model, sample as draw
@@ -40,7 +40,7 @@ def sample(
 ):
     """Sample from a run's EMA weights; writes samples (.npz) and a PNG of them over the data."""
     model = load_run(run, device, compile=compile)
-    _check_steps(model, steps)
+    check_steps(steps, model.schedule.T)
     images = model.data["kind"] == "images"
     if export is not None:
         check_target(export)
@@ -176,11 +176,6 @@ def _image_pictures(x: torch.Tensor, labels, frames, out: Path, stem: str, grid:
         cols = torch.stack([f[1] for f in picks], dim=1)  # (m, 8, C, H, W): one row per sample
         png = plots.image_grid(cols.reshape(m * 8, *cols.shape[2:]), out / f"{stem}-trajectory.png", nrow=8)
         console.print(f"trajectory ({', '.join(label for label, _ in picks)}): {png}")
-
-
-def _check_steps(model: Model, steps: Optional[int]) -> None:
-    if steps is not None and steps > model.schedule.T:
-        raise OptionsError(f"--steps {steps} is more than the model's T = {model.schedule.T} training steps; use at most {model.schedule.T}.")
 
 
 def _pictures(model: Model, x: torch.Tensor, frames, out: Path, stem: str) -> None:

@@ -13,7 +13,7 @@ import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ddpmctl import __version__, distributed, registry
+from ddpmctl import distributed, registry
 from ddpmctl.cli.common import console, parse_options
 from ddpmctl.config import RESUMABLE, TrainSettings, load_settings
 from ddpmctl.diffusion import DiffusionLoss, HybridLoss
@@ -256,7 +256,7 @@ def train(
         for sig, handler in old.items():
             signal.signal(sig, handler)
         if world.main:
-            _plots(run)
+            convergence.write_plots(run)
         distributed.shutdown()
 
     elapsed = ended - t0
@@ -270,12 +270,3 @@ def train(
         console.print(f"[green]stopped[/green] at step {state.step} of {s.steps} ({reason}: {watch.criteria.explain()}); checkpoint saved. Next: ddpmctl sample {run.path}")
         return
     console.print(f"[green]done[/green]: {s.steps} steps in {elapsed:.1f} s. Next: ddpmctl sample {run.path}")
-
-
-def _plots(run: RunDir) -> None:
-    from ddpmctl import plots
-
-    records = run.metrics()
-    if records:
-        plots.loss_curve(records, run.path / "loss.png", title=f"training loss: {run.path.name}")
-    convergence.write_plots(run)

@@ -18,7 +18,6 @@ config trains a sensible network on 16x16 gray, 28/32 gray and 32x32 RGB data.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -194,9 +193,11 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(C, ch, 3, padding=1)
         skips = [ch]
         c, res = ch, min(H, W)
+        level_res = []  # the resolution of each level, for the up path's attention too
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for i, m in enumerate(mult):
+            level_res.append(res)
             blocks, attns, crosses = [], [], []
             for _ in range(n_res):
                 blocks.append(ResBlock(c, ch * m, emb_dim, dropout, norm_groups))
@@ -220,10 +221,6 @@ class UNet(nn.Module):
 
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
-        self.up_sizes = []  # the spatial size each up level must return to (odd sizes such as 7 -> 14 -> 28)
-        level_res = [min(H, W)]
-        for _ in mult[:-1]:
-            level_res.append((level_res[-1] + 1) // 2)
         for i, m in reversed(list(enumerate(mult))):
             blocks, attns, crosses = [], [], []
             for _ in range(n_res + 1):
