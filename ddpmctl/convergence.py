@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ddpmctl.datasets.base import to_float, to_uint8
+
 LOSS_WINDOW = 5  # logged losses averaged into the smoothed loss (5 x log_every steps)
 STRIP_IMAGES = 10  # images per row of the strip of samples over training
 STRIP_ROWS = 10  # evaluations shown in the strip, evenly spaced
@@ -341,7 +343,7 @@ def save_samples(run_path: Path, step: int, x: torch.Tensor, labels: Optional[to
 
     if kind == "images":  # evenly spaced: every class of a conditional model (labels come in blocks)
         pick = torch.linspace(0, len(x) - 1, min(STRIP_IMAGES, len(x))).round().long()
-        x = ((x[pick].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        x = to_uint8(x[pick])
         labels = None if labels is None else labels[pick]
     buf = io.BytesIO()
     np.savez(buf, samples=x.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
@@ -354,7 +356,7 @@ def save_samples(run_path: Path, step: int, x: torch.Tensor, labels: Optional[to
 def load_samples(path: Path) -> torch.Tensor:
     with np.load(path, allow_pickle=False) as f:
         x = torch.from_numpy(f["samples"])
-    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+    return to_float(x) if x.dtype == torch.uint8 else x.float()
 
 
 def write_plots(run) -> list[Path]:

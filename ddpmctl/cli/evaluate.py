@@ -17,6 +17,7 @@ from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.cli.common import check_steps, console, load_run, parse_options
 from ddpmctl.cli.sample import _labels
+from ddpmctl.datasets.base import to_float
 from ddpmctl.errors import DataError
 from ddpmctl.pipeline import sample as draw
 
@@ -93,7 +94,7 @@ def _read_samples(path: Path):
         from ddpmctl.export import read
 
         pixels, labels, manifest = read(path)
-        return pixels.float() / 127.5 - 1.0, manifest.get("sampling", {"sampler": "?", "steps": "?", "nfe": "?"}), labels
+        return to_float(pixels), manifest.get("sampling", {"sampler": "?", "steps": "?", "nfe": "?"}), labels
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist; make one with `ddpmctl sample RUN`.")
     try:
@@ -103,7 +104,6 @@ def _read_samples(path: Path):
             labels = torch.from_numpy(f["labels"]).long() if "labels" in f else None
     except (ValueError, KeyError, OSError) as exc:
         raise DataError(f"{path} is not a samples file from `ddpmctl sample` ({exc}).") from None
-    x = torch.from_numpy(raw).float()
-    if raw.dtype == np.uint8:  # images saved as pixels: x = pixel / 127.5 - 1
-        x = x / 127.5 - 1.0
+    x = torch.from_numpy(raw)
+    x = to_float(x) if raw.dtype == np.uint8 else x.float()  # images are saved as 8-bit pixels
     return x, rec, labels

@@ -14,6 +14,7 @@ from rich.progress import Progress
 from ddpmctl import registry
 from ddpmctl.cli.common import check_steps, console, load_run, parse_options
 from ddpmctl.errors import OptionsError
+from ddpmctl.datasets.base import to_uint8
 from ddpmctl.export import check_target, write as write_export
 from ddpmctl.pipeline import Model, sample as draw
 
@@ -91,11 +92,6 @@ def sample(
     _pictures(model, x, frames, out, stem)
     if images:
         _image_pictures(x, labels, frames, out, stem, grid)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 pixels in [0, 255]."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def _labels(model: Model, classes: Optional[list[str]], guidance: float, n: int) -> Optional[torch.Tensor]:

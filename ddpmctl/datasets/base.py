@@ -37,3 +37,13 @@ class Dataset:
         if self.fresh_fn is None:
             raise NotImplementedError(f"dataset {self.name!r} cannot draw a fresh set")
         return self.fresh_fn(n, seed)
+
+
+def to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """8-bit pixels [0, 255] -> float32 images in [-1, 1]: x = pixel / 127.5 - 1."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> 8-bit pixels: round((x + 1) * 127.5), clamped to [0, 255]."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

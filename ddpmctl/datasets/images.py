@@ -31,7 +31,8 @@ from pydantic import Field
 
 from ddpmctl.config import data_dir
 from ddpmctl.datasets.base import Dataset
-from ddpmctl.datasets.mnist import parse_classes, to_float
+from ddpmctl.datasets.base import to_float
+from ddpmctl.datasets.mnist import parse_classes
 from ddpmctl.errors import DataError
 from ddpmctl.registry import PluginOptions, with_options
 

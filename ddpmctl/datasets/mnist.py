@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from ddpmctl.config import data_dir
-from ddpmctl.datasets.base import Dataset
+from ddpmctl.datasets.base import Dataset, to_float
 from ddpmctl.errors import DataError
 from ddpmctl.registry import PluginOptions, with_options
 
@@ -138,11 +138,6 @@ def load_split(name: str, split: str, size: int) -> tuple[torch.Tensor, torch.Te
     save_file({"x": x, "y": y}, str(tmp), metadata={"name": name, "split": split, "size": str(size)})
     os.replace(tmp, cache)
     return x, y
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return x.float() / 127.5 - 1.0
 
 
 def _filter(x, y, digits, name, split):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ddpmctl.datasets.base import Dataset
+from ddpmctl.datasets.base import Dataset, to_uint8
 from ddpmctl.errors import DataError
 from ddpmctl.metrics import fid as fidlib
 from ddpmctl.metrics.base import MetricResult
@@ -57,7 +57,7 @@ def _per_class_subset(y: torch.Tensor, counts: dict[int, int], seed: int) -> tup
 
 
 def _pixels(x: torch.Tensor) -> np.ndarray:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).flatten(1).numpy()
+    return to_uint8(x).flatten(1).numpy()
 
 
 def _first_copies(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from ddpmctl import config
 from ddpmctl.checkpoint import atomic_write_bytes, content_hash
-from ddpmctl.datasets.base import Dataset
+from ddpmctl.datasets.base import Dataset, to_float
 from ddpmctl.errors import DataError
 from ddpmctl.metrics import fid as fidlib
 from ddpmctl.metrics.base import MetricResult
@@ -108,7 +108,7 @@ def load_split(which: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if which not in SOURCES:
         raise DataError(f"unknown classifier {which!r}; known: {', '.join(SOURCES)}.")
     u8, y = _split(which, train, config.data_dir())
-    return u8.unsqueeze(1).float().div(127.5).sub(1), y
+    return to_float(u8.unsqueeze(1)), y
 
 
 def _data_sha256(which: str) -> str:

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ddpmctl import config
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.datasets.base import Dataset
+from ddpmctl.datasets.base import Dataset, to_float
 from ddpmctl.errors import DataError
 from ddpmctl.metrics import inception
 from ddpmctl.metrics.base import MetricResult
@@ -242,7 +242,7 @@ def as_images(samples: torch.Tensor, dataset: Dataset) -> torch.Tensor:
     if tuple(samples.shape[1:]) != tuple(dataset.shape):
         raise DataError(f"samples have shape {tuple(samples.shape[1:])} but {dataset.name} images are {tuple(dataset.shape)}; evaluate samples of the model trained on it.")
     if samples.dtype == torch.uint8:
-        return samples.float() / 127.5 - 1
+        return to_float(samples)
     if not samples.is_floating_point():
         raise DataError(f"samples are {samples.dtype}; pass float images in [-1, 1] or uint8 images.")
     if not bool(torch.isfinite(samples).all()):
