@@ -151,6 +151,14 @@ def update_ema(ema_params: list, params: list, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+def _nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, lr: float) -> str:
+    """What became NaN/inf at ``step`` (0-based), and what to do about it."""
+    what = (f"the loss became {loss.item()}" if not math.isfinite(loss.item())
+            else f"the gradient norm became {grad_norm.item()} (the loss was {loss.item():.4g})")
+    return (f"{what} at step {step + 1}; lower the learning rate (now {lr:.2e}) or the gradient clip, or train in "
+            f"float32 (or pass --on-nonfinite skip); the last good checkpoint is kept.")
+
+
 def train(
     state: TrainState,
     loss_fn,
@@ -170,8 +178,8 @@ def train(
     sync_every = 10 if distributed.active() and x.device.type != "cpu" else 1
     stop_seen = False
     N = x.shape[0]
-    params = [p for p in net.parameters()]
-    ema_params = [p for p in state.ema.parameters()]
+    params = list(net.parameters())
+    ema_params = list(state.ema.parameters())
     with torch.no_grad():  # buffers (fixed features, norm statistics) are copied, not averaged
         for be, bn in zip(state.ema.buffers(), net.buffers()):
             be.copy_(bn)
@@ -189,16 +197,13 @@ def train(
         idx = torch.randint(0, N, (cfg.batch_size,), device=x.device, generator=g)
         with autocast:
             loss = loss_fn(model, x[idx], None if y is None else y[idx], g)
-        if check_every_step and not cfg.skip_nonfinite and not math.isfinite(loss.item()):
-            raise NumericalError(
-                f"the loss became {loss.item()} at step {step + 1}; lower the learning rate "
-                f"(now {lr:.2e}) or the gradient clip, or train in float32 (or pass --on-nonfinite skip); "
-                f"the last good checkpoint is kept."
-            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-        if cfg.skip_nonfinite and distributed.any_rank(not torch.isfinite(loss.detach() + grad_norm).item()):  # one host sync a step
+        # One host sync a step where it is free (the CPU) or asked for (skipping); agreed by all processes.
+        if (check_every_step or cfg.skip_nonfinite) and distributed.any_rank(not torch.isfinite(loss.detach() + grad_norm).item()):
+            if not cfg.skip_nonfinite:
+                raise NumericalError(_nonfinite(loss, grad_norm, step, lr))
             # The batch is spent; weights, optimizer state and EMA stay as they were.
             skipped += 1
             in_a_row += 1
@@ -210,12 +215,6 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             hooks.log({"step": step + 1, "event": "skipped", "reason": "non-finite loss or gradient", "skipped_total": skipped})
         else:
-            if check_every_step and not cfg.skip_nonfinite and not math.isfinite(grad_norm.item()):
-                raise NumericalError(
-                    f"the gradient norm became {grad_norm.item()} at step {step + 1} (the loss was {loss.item():.4g}); "
-                    f"lower the learning rate (now {lr:.2e}) or train in float32 (or pass --on-nonfinite skip); "
-                    f"the last good checkpoint is kept."
-                )
             in_a_row = 0
             optimizer.step()
             # EMA warm-up: the effective decay grows from 0.1 towards ema_decay (as in many DDPM codes).
