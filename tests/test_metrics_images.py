@@ -150,6 +150,19 @@ def test_reference_statistics_are_reused_and_recomputed_when_preprocessing_chang
     assert len({a.path, d.path, e.path, f.path}) == 4 and not (d.cached or e.cached or f.cached)
 
 
+def test_floors_never_repeat_held_out_images_and_say_when_the_split_is_too_small():
+    from ddpmctl.datasets.base import draw, to_uint8
+
+    pixels = to_uint8(blobs(30, 0))
+    ds = Dataset("small", blobs(100, 1), kind="images", fresh_fn=lambda n, seed: draw(pixels, None, n, seed))
+    x, _ = fidlib.held_out(ds, 20, seed=3)
+    assert len({bytes(r) for r in to_uint8(x).flatten(1).numpy()}) == 20  # distinct images
+    with pytest.raises(DataError, match=r"only 30 held-out images.*--n 30"):
+        fidlib.held_out(ds, 31, seed=3)
+    everything, _ = fidlib.held_out(ds, 50, seed=3, fewer_ok=True)  # a test set takes what there is
+    assert sorted(map(bytes, to_uint8(everything).flatten(1).numpy())) == sorted(map(bytes, pixels.flatten(1).numpy()))
+
+
 def test_ref_file_is_reused_and_checked(tmp_path):
     ds = blob_dataset()
     feats = pixel_features()

@@ -14,8 +14,9 @@ class Dataset:
 
     ``y`` holds integer labels when the data has classes (``num_classes`` > 0).
     ``fresh(n, seed)`` returns (x, y) drawn independently of ``x``: new samples for a
-    distribution that can be sampled, the held-out split for a finite set. Metric floors
-    compare two such draws.
+    distribution that can be sampled, the held-out split for a finite set (then at most
+    ``len(split)`` distinct examples, never repeats: see ``draw``). Metric floors compare such
+    draws with the data.
     """
 
     name: str
@@ -37,6 +38,14 @@ class Dataset:
         if self.fresh_fn is None:
             raise NotImplementedError(f"dataset {self.name!r} cannot draw a fresh set")
         return self.fresh_fn(n, seed)
+
+
+def draw(pixels: torch.Tensor, labels: Optional[torch.Tensor], n: int, seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A seeded subset of ``min(n, len(pixels))`` distinct 8-bit images of a finite split, as floats.
+    Without replacement: a floor measured on repeated images would be inflated, so a caller that
+    gets fewer than it asked for says so (``metrics.fid.held_out``)."""
+    idx = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))[:n]
+    return to_float(pixels[idx]), (None if labels is None else labels[idx])
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:

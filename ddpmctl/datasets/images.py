@@ -30,8 +30,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.config import data_dir
-from ddpmctl.datasets.base import Dataset
-from ddpmctl.datasets.base import to_float
+from ddpmctl.datasets.base import Dataset, draw, to_float
 from ddpmctl.datasets.mnist import parse_classes
 from ddpmctl.errors import DataError
 from ddpmctl.registry import PluginOptions, with_options
@@ -58,12 +57,6 @@ def _load_cache(path: Path) -> dict[str, torch.Tensor] | None:
         return load_file(path)
     except Exception:  # a damaged cache is rebuilt
         return None
-
-
-def _draw(x: torch.Tensor, y: torch.Tensor | None, n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[:n] if n <= len(x) else torch.randint(0, len(x), (n,), generator=g)
-    return to_float(x[idx]), (None if y is None else y[idx])
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +124,7 @@ def CIFAR10(classes=None, split: str = "train") -> Dataset:
     def fresh(n, seed):
         if "x" not in held:
             held["x"], held["y"] = pick("test" if split == "train" else "train")
-        return _draw(held["x"], held["y"], n, seed)
+        return draw(held["x"], held["y"], n, seed)
 
     return Dataset(name="cifar10", x=to_float(x), y=y, num_classes=10, kind="images", fresh_fn=fresh,
                    info={"split": split, "classes": chosen, "class_names": CIFAR10_CLASSES})
@@ -230,7 +223,7 @@ def image_folder(label: str, root, size=32, mode="rgb", fit="resize", held_out=0
     source_x, source_y = (hx, hy) if n_held else (x, y)
 
     def fresh(n, seed):
-        return _draw(source_x, source_y, n, seed)
+        return draw(source_x, source_y, n, seed)
 
     return Dataset(
         name=label, x=to_float(x), y=y, num_classes=len(classes) if classes else 0, kind="images", fresh_fn=fresh,

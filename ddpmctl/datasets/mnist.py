@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from ddpmctl.config import data_dir
-from ddpmctl.datasets.base import Dataset, to_float
+from ddpmctl.datasets.base import Dataset, draw, to_float
 from ddpmctl.errors import DataError
 from ddpmctl.registry import PluginOptions, with_options
 
@@ -158,10 +158,7 @@ def mnist_like(name: str, label: str, size: int, digits, split: str) -> Dataset:
     def fresh(n: int, seed: int):
         if "x" not in held:
             held["x"], held["y"] = _filter(*load_split(name, other, size), chosen, name, other)
-        hx, hy = held["x"], held["y"]
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(hx), generator=g)[:n] if n <= len(hx) else torch.randint(0, len(hx), (n,), generator=g)
-        return to_float(hx[idx]), hy[idx]
+        return draw(held["x"], held["y"], n, seed)
 
     return Dataset(
         name=label, x=to_float(x), y=y, num_classes=10, kind="images", fresh_fn=fresh,

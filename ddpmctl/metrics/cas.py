@@ -32,7 +32,7 @@ from ddpmctl.registry import PluginOptions, with_options
 class CASOptions(PluginOptions):
     steps: int = Field(600, ge=1, le=100_000, description="training batches of each classifier (the same for samples and for real images)")
     batch_size: int = Field(128, ge=2, le=4096, description="images per training batch")
-    n_test: int = Field(5000, ge=10, le=1_000_000, description="real held-out test images (dataset.fresh), before keeping the samples' classes")
+    n_test: int = Field(5000, ge=10, le=1_000_000, description="real held-out test images (dataset.fresh; all of them where the split has fewer), before keeping the samples' classes")
     ref_seed: int = Field(0, ge=0, description="seed of the real training subset (the ceiling) and of the test draw")
     seed: int = Field(0, ge=0, description="seed of the classifier's weights and batches")
     quantize: bool = Field(True, description="round images to 8 bits first, as saved image files are")
@@ -60,15 +60,6 @@ def _pixels(x: torch.Tensor) -> np.ndarray:
     return to_uint8(x).flatten(1).numpy()
 
 
-def _first_copies(x: torch.Tensor) -> torch.Tensor:
-    """Mask of the first occurrence of each distinct image (8-bit pixels) of ``x``."""
-    seen, keep = set(), []
-    for row in _pixels(x):
-        keep.append(row.tobytes() not in seen)
-        seen.add(row.tobytes())
-    return torch.tensor(keep, dtype=torch.bool)
-
-
 def _rows(x: torch.Tensor) -> set[bytes]:
     return {row.tobytes() for row in _pixels(x)}
 
@@ -93,10 +84,10 @@ def cas(samples, dataset: Dataset, labels=None, steps=600, batch_size=128, n_tes
 
     # Real images: a training subset with the samples' class counts (the ceiling), and a held-out test set.
     real_idx, short = _per_class_subset(dataset.y, counts, ref_seed)
-    x_test, y_test = fidlib.held_out(dataset, n_test, ref_seed)
+    x_test, y_test = fidlib.held_out(dataset, n_test, ref_seed, fewer_ok=True)
     if y_test is None:
         raise DataError(f"dataset {dataset.name} has no labels for its held-out images, so cas has no test set; use a labelled dataset.")
-    keep = torch.isin(y_test, torch.tensor(classes)) & _first_copies(x_test)  # the samples' classes, each image once
+    keep = torch.isin(y_test, torch.tensor(classes))  # the samples' classes
     x_test, y_test = x_test[keep], y_test[keep]
     in_train = _rows(x_test) & _rows(dataset.x)
     if len(x_test) == 0:

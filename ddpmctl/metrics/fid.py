@@ -185,14 +185,15 @@ def real_images(dataset: Dataset, split: Literal["train", "held-out"], n: int, s
     return held_out(dataset, n, seed)[0]
 
 
-def held_out(dataset: Dataset, n: int, seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``n`` held-out real images and their labels (``dataset.fresh``), for floors."""
+def held_out(dataset: Dataset, n: int, seed: int, fewer_ok: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``n`` distinct held-out real images and their labels (``dataset.fresh``), for floors; with
+    ``fewer_ok`` as many as the held-out split has, up to ``n`` (a test set, not a floor)."""
     try:
         x, y = dataset.fresh(n, seed)
     except NotImplementedError:
         raise DataError(f"dataset {dataset.name} has no held-out images for the floor; use a dataset plugin that implements fresh().") from None
-    if len(x) < n:
-        raise DataError(f"dataset {dataset.name} has only {len(x)} held-out images, fewer than the {n} needed for the floor; evaluate fewer samples.")
+    if len(x) < n and not fewer_ok:
+        raise DataError(f"dataset {dataset.name} has only {len(x)} held-out images, fewer than the {n} needed for the floor (a floor on repeated images would be inflated); evaluate at most {len(x)} samples (--n {len(x)}).")
     return x[:n], (y[:n] if y is not None else None)
 
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.errors import DataError
 from ddpmctl.metrics.base import MetricResult
-from ddpmctl.metrics.fid import as_images, real_images
+from ddpmctl.metrics.fid import as_images, held_out
 from ddpmctl.metrics.inception import Progress, pick_device
 from ddpmctl.registry import PluginOptions, with_options
 
@@ -104,11 +104,12 @@ def memorisation(samples: torch.Tensor, dataset: Dataset, ref_seed=0, flag_fract
     if n < 2:
         raise DataError("memorisation needs at least 2 samples; evaluate more.")
     dev = pick_device(device)
-    n_held = max(200, n) if len(dataset) else n
-    held = real_images(dataset, "held-out", n_held, ref_seed)
-    a, b = held[: n_held // 2], held[n_held // 2 :]
-    d_a, _ = nearest(a, dataset.x, dev, progress=progress, what="nearest training images of held-out images (1/2)")
-    d_b, _ = nearest(b, dataset.x, dev, progress=progress, what="nearest training images of held-out images (2/2)")
+    # As many held-out images as samples (at least 200), or all the split has: a reference, not a same-size floor.
+    held, _ = held_out(dataset, max(200, n), ref_seed, fewer_ok=True)
+    if len(held) < 20:
+        raise DataError(f"memorisation needs at least 20 held-out images of {dataset.name} for its threshold, and the split has {len(held)}; use a dataset with a larger held-out split.")
+    d_held, _ = nearest(held, dataset.x, dev, progress=progress, what="nearest training images of held-out images")
+    d_a, d_b = d_held[: len(held) // 2], d_held[len(held) // 2 :]
     d_s, idx = nearest(samples, dataset.x, dev, progress=progress, what="nearest training images of samples")
     threshold = float(np.quantile(d_a, 0.01))
     values, floor = summary(d_s, threshold), summary(d_b, threshold)
@@ -132,7 +133,7 @@ def memorisation(samples: torch.Tensor, dataset: Dataset, ref_seed=0, flag_fract
         protocol={
             "n": n,
             "n_train": len(dataset),
-            "n_held_out": {"threshold": len(a), "floor": len(b)},
+            "n_held_out": {"threshold": len(d_a), "floor": len(d_b)},
             "distance": "L2 in pixel space, images in [-1, 1]",
             "threshold": {"held-out q01 distance": threshold, "set": "first half of dataset.fresh", "seed": ref_seed},
             "floor_set": "second half of dataset.fresh (about 1% of it falls under the threshold by construction)",
