@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -34,23 +33,10 @@ def ablation(settings: speed.Settings, device: torch.device) -> dict:
     sides = {name: speed.Ours("mnist16", batch, device, comp, False, channels_last=cl) for name, (cl, comp) in variants.items()}
     sides["diffusers"] = speed.Diffusers("mnist16", batch, device, False)
     for name, side in sides.items():
-        t0 = time.perf_counter()
-        side.train(settings.warmup_steps)
-        side.sample(2)
-        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    train = {k: [] for k in sides}
-    sample = {k: [] for k in sides}
-    for r in range(settings.repeats):
-        for name, side in sides.items():
-            t0 = time.perf_counter()
-            side.train(settings.train_steps)
-            train[name].append(settings.train_steps * batch / (time.perf_counter() - t0))
-        for name, side in sides.items():
-            t0 = time.perf_counter()
-            side.sample(settings.nfe)
-            sample[name].append(batch / (time.perf_counter() - t0))
-        print(f"repeat {r + 1}: train " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in train.items())
-              + " | sample " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in sample.items()), flush=True)
+        print(f"warm-up {name}: {speed.timed(lambda: speed.warm_up(side, settings), device):.1f} s", flush=True)
+    seconds = speed.interleaved(sides, settings, device, tick=lambda d: print(d, flush=True))
+    train = {k: [settings.train_steps * batch / s for s in v] for k, v in seconds[0].items()}
+    sample = {k: [batch / s for s in v] for k, v in seconds[1].items()}
     out = {}
     for name in variants:
         out[name] = {

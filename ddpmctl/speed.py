@@ -225,12 +225,52 @@ class Diffusers:
             x = self.scheduler.step(eps_hat.float(), t, x, generator=self.g).prev_sample
 
 
+def check(models: list[str], settings: Settings) -> None:
+    """Refuse settings that cannot be measured, before anything is built."""
+    for m in models:
+        if m not in MODELS:
+            raise OptionsError(f"unknown model {m!r} for --model; known: {', '.join(MODELS)}.")
+    if settings.vs not in (None, "diffusers"):
+        raise OptionsError(f"--vs knows only diffusers, not {settings.vs!r}.")
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        raise OptionsError(f"--precision must be auto, fp32 or bf16; got {settings.precision!r}.")
+    if not 1 <= settings.nfe <= T:
+        raise OptionsError(f"--nfe must be between 1 and the T = {T} training steps of the default schedule; got {settings.nfe}.")
+
+
+def warm_up(side, settings: Settings) -> None:
+    """Compilation, allocator, caches: a few training steps and a short sampling run."""
+    side.train(settings.warmup_steps)
+    side.sample(2)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def interleaved(sides: dict, settings: Settings, device: torch.device, tick: Callable[[str], None] = lambda d: None) -> tuple[dict, dict]:
+    """Seconds of ``settings.train_steps`` training steps and of one ``settings.nfe``-step sampling
+    run of each side, per repeat; repeats interleaved (ours, theirs, ours, theirs ...) so that
+    other load on the machine slows all sides alike."""
+    train_s = {name: [] for name in sides}
+    sample_s = {name: [] for name in sides}
+    for r in range(settings.repeats):
+        for name, side in sides.items():
+            tick(f"training, {name}, repeat {r + 1}")
+            train_s[name].append(timed(lambda: side.train(settings.train_steps), device))
+        for name, side in sides.items():
+            tick(f"sampling {settings.nfe} steps, {name}, repeat {r + 1}")
+            sample_s[name].append(timed(lambda: side.sample(settings.nfe), device))
+    return train_s, sample_s
+
+
 def measure(model: str, settings: Settings, device: torch.device, tick: Callable[[str], None] = lambda d: None) -> dict:
     """Throughputs of one model (ours, and theirs with settings.vs), interleaved repeats."""
-    if model not in MODELS:
-        raise OptionsError(f"unknown model {model!r}; known: {', '.join(MODELS)}.")
-    if settings.nfe < 1 or settings.nfe > T:
-        raise OptionsError(f"--nfe must be between 1 and {T} (the default schedule's T); got {settings.nfe}.")
+    check([model], settings)
     fast_math(device)
     bf16 = use_bf16(settings.precision, device)
     batch = settings.batch_size or MODELS[model]["batch_size"]
@@ -240,32 +280,13 @@ def measure(model: str, settings: Settings, device: torch.device, tick: Callable
         ratio = sides[1].parameters / sides[0].parameters
         if abs(ratio - 1) > 0.1:
             raise ConfigError(f"the diffusers U-Net has {sides[1].parameters:,} parameters against ddpmctl's {sides[0].parameters:,}, more than 10% apart; the comparison would not be fair.")
-    elif settings.vs is not None:
-        raise OptionsError(f"--vs knows only diffusers, not {settings.vs!r}.")
 
-    for side in sides:  # warm-up: compilation, allocator, caches; then one step of each, for memory
+    for side in sides:  # warm-up, then one step of each, for memory
         tick(f"{model}: warm-up {side.name}")
-        side.train(settings.warmup_steps)
-        side.sample(2)
+        warm_up(side, settings)
         side.train_peak = peak_step_bytes(lambda: side.train(1), device)
         side.sample_peak = peak_step_bytes(lambda: side.sample(1), device)
-
-    train_s = {s.name: [] for s in sides}
-    sample_s = {s.name: [] for s in sides}
-    def timed(fn: Callable[[], object]) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
-
-    for r in range(settings.repeats):
-        for side in sides:  # interleaved: ours, theirs, ours, theirs ...
-            tick(f"{model}: training, {side.name}, repeat {r + 1}")
-            train_s[side.name].append(timed(lambda: side.train(settings.train_steps)))
-        for side in sides:
-            tick(f"{model}: sampling {settings.nfe} steps, {side.name}, repeat {r + 1}")
-            sample_s[side.name].append(timed(lambda: side.sample(settings.nfe)))
+    train_s, sample_s = interleaved({s.name: s for s in sides}, settings, device, tick=lambda d: tick(f"{model}: {d}"))
 
     def rates(seconds, images):
         return [images / s for s in seconds]

@@ -219,22 +219,14 @@ def speed(
     from ddpmctl.devices import pick_device, set_threads
 
     models = _names(model, "--model")
-    for m in models:
-        if m not in bench_speed.MODELS:
-            raise OptionsError(f"unknown model {m!r} for --model; known: {', '.join(bench_speed.MODELS)}.")
-    if vs is not None and vs != "diffusers":
-        raise OptionsError(f"--vs knows only diffusers, not {vs!r}.")
-    if precision not in ("auto", "fp32", "bf16"):
-        raise OptionsError(f"--precision must be auto, fp32 or bf16; got {precision!r}.")
-    if nfe > bench_speed.T:
-        raise OptionsError(f"--nfe {nfe} is more than the T = {bench_speed.T} training steps of the default schedule; use at most {bench_speed.T}.")
+    settings = bench_speed.Settings(train_steps=train_steps, nfe=nfe, repeats=repeats, batch_size=batch_size,
+                                    compile=compile, precision=precision, vs=vs)
+    bench_speed.check(models, settings)
     if vs and any(bench_speed.MODELS[m]["kind"] != "images" for m in models):
         skipped = [m for m in models if bench_speed.MODELS[m]["kind"] != "images"]
         console.print(f"[yellow]note:[/yellow] diffusers has no counterpart of {', '.join(skipped)}; timing ddpmctl alone there.")
     set_threads(threads)
     dev = pick_device(device)
-    settings = bench_speed.Settings(train_steps=train_steps, nfe=nfe, repeats=repeats, batch_size=batch_size,
-                                    compile=compile, precision=precision, vs=vs)
     results = []
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("speed", total=len(models))
