@@ -1,0 +1,192 @@
+"""Time to quality against diffusers (issue 6): training wall time until the MNIST 16x16 digit-0
+model reaches the phase-2 bar (the project's digit classifier calls at least 97% of the samples
+a zero), ddpmctl's loop against diffusers' at the same settings.
+
+    python benchmarks/time_to_quality.py                      # every 250 steps, n = 500, up to 2500 steps
+    python benchmarks/time_to_quality.py --every 100 --n 1000 --threads 2
+
+Both sides start from the same real data (`mnist16 --digits 0`, the training split), the
+resolved config of `ddpmctl train --data mnist16 --digits 0` (U-Net of 1.11M parameters, batch
+64, AdamW lr 1e-3 with 200 warm-up steps and cosine decay to 10%, gradient clip 1, EMA 0.999,
+linear schedule, T = 1000, eps-prediction) and the same seed:
+
+    ddpmctl:   training.train, the loop `ddpmctl train` runs;
+    diffusers: UNet2DModel at the same size (speed.diffusers_unet_config), DDPMScheduler.add_noise,
+               MSE on eps, the same AdamW and learning-rate schedule, clip, EMAModel (warm-up on),
+               as diffusers' examples/unconditional_image_generation/train_unconditional.py does.
+
+Every ``--every`` steps the training clock stops and each side's EMA weights are scored the same
+way: ``--n`` fixed-seed samples (DDIM, 50 steps, x0 clipped to [-1, 1], the same x_T for both
+sides; what `ddpmctl train --eval-every` draws) through the class-coverage metric, whose share[0] is the share classified as a zero.
+Only training time is counted. Writes benchmarks/out/time-to-quality/{curves.json, curves.png}
+and prints the table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ddpmctl import speed
+from ddpmctl.config import TrainSettings
+from ddpmctl.convergence import watch
+from ddpmctl.devices import fast_math, pick_device, set_threads
+from ddpmctl.diffusion import DiffusionLoss
+from ddpmctl.pipeline import Model, build_dataset, build_network, build_schedule, resolve
+from ddpmctl.training import Hooks, LoopConfig, lr_at, make_state, train
+
+
+class DiffusersEps(torch.nn.Module):
+    """diffusers' UNet2DModel behind ddpmctl's network signature net(x_t, t, y) -> eps_hat."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, y=None):
+        return self.unet(x, t).sample
+
+
+class DiffusersSide:
+    """diffusers' UNet2DModel trained as its unconditional example does, at ddpmctl's settings."""
+
+    def __init__(self, x: torch.Tensor, loop: LoopConfig, seed: int, device: torch.device):
+        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers.training_utils import EMAModel
+
+        torch.manual_seed(seed)
+        self.config = speed.diffusers_unet_config(tuple(x.shape[1:]))
+        self.unet = UNet2DModel(**self.config).to(device)
+        self.eval_unet = UNet2DModel(**self.config).to(device).eval().requires_grad_(False)
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+        self.lr = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_at(step, loop) / loop.lr)
+        self.ema = EMAModel(self.unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
+        self.x, self.loop, self.device, self.step = x, loop, device, 0
+        self.g = torch.Generator(device=device).manual_seed(seed)
+
+    def train(self, steps: int) -> None:
+        B, g = self.loop.batch_size, self.g
+        self.unet.train()
+        for _ in range(steps):
+            x0 = self.x[torch.randint(0, self.x.shape[0], (B,), device=self.device, generator=g)]
+            noise = torch.randn(x0.shape, device=self.device, generator=g)
+            t = torch.randint(0, 1000, (B,), device=self.device, generator=g)
+            loss = F.mse_loss(self.unet(self.scheduler.add_noise(x0, noise, t), t).sample, noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.loop.grad_clip)
+            self.optimizer.step()
+            self.lr.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.step(self.unet.parameters())
+            self.step += 1
+
+    def ema_net(self) -> torch.nn.Module:
+        self.ema.copy_to(self.eval_unet.parameters())
+        return DiffusersEps(self.eval_unet)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--every", type=int, default=250, help="training steps between evaluations")
+    p.add_argument("--max-steps", type=int, default=2500, help="stop a side here if it has not reached the bar")
+    p.add_argument("--n", type=int, default=500, help="samples per evaluation")
+    p.add_argument("--target", type=float, default=0.97, help="share classified as zero that counts as reached")
+    p.add_argument("--continue-after", action="store_true", help="train both sides to --max-steps (the whole curves)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/time-to-quality"))
+    args = p.parse_args()
+
+    set_threads(args.threads)
+    device = pick_device("auto")
+    fast_math(device)
+    ds = build_dataset("mnist16", {"digits": "0"})
+    s = resolve(TrainSettings(data="mnist16", data_options={"digits": "0"}, seed=args.seed, eval_every=args.every,
+                              eval_metric="class-coverage", eval_n=args.n, eval_sampler="ddim", eval_steps=50), ds)
+    cfg = s.model_dump(mode="json")
+    loop = LoopConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup=s.warmup, lr_decay=s.lr_decay, weight_decay=s.weight_decay,
+                      ema_decay=s.ema_decay, grad_clip=s.grad_clip, log_every=10**9, checkpoint_every=10**9)
+    x = ds.x.to(device)
+    schedule = build_schedule(cfg)
+    data = {"shape": list(ds.shape), "num_classes": 0, "kind": "images", "absmax": 1.0}
+    evaluator = watch(s, ds).evaluator  # what `ddpmctl train --eval-every` scores
+
+    torch.manual_seed(args.seed)
+    ours = make_state(build_network(cfg, ds.shape, 0), loop, device, args.seed)
+    loss = DiffusionLoss(schedule)
+    theirs = DiffusersSide(x, loop, args.seed, device)
+    print(f"parameters: ddpmctl {sum(p.numel() for p in ours.net.parameters()):,}, diffusers {sum(p.numel() for p in theirs.unet.parameters()):,}", flush=True)
+
+    sides = {
+        "ddpmctl": (lambda k: _ours_chunk(ours, loss, x, loop, k),
+                    lambda: Model(None, cfg, data, ours.ema, schedule, ours.step, device, _dataset=ds)),
+        "diffusers": (theirs.train, lambda: Model(None, cfg, data, theirs.ema_net(), schedule, theirs.step, device, _dataset=ds)),
+    }
+    curves = {name: [] for name in sides}
+    reached = {}
+    clock = {name: 0.0 for name in sides}
+    step = 0
+    while step < args.max_steps and (args.continue_after or len(reached) < len(sides)):
+        k = min(args.every, args.max_steps - step)
+        for name, (train_k, model) in sides.items():  # interleaved, so that other load slows both alike
+            if name in reached and not args.continue_after:
+                continue
+            clock[name] += speed.timed(lambda: train_k(k), device)
+            rec, _ = evaluator(model())
+            share = rec["values"].get("share[0]", float("nan"))
+            curves[name].append({"step": step + k, "train_s": round(clock[name], 2), "share0": share, "eval_s": rec.get("eval_s")})
+            print(f"{name}: step {step + k}, training {clock[name]:.1f} s, share classified 0: {share:.3f}", flush=True)
+            if share >= args.target and name not in reached:
+                reached[name] = curves[name][-1]
+        step += k
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"settings": {**vars(args), "out": str(args.out)}, "environment": speed.environment(device), "config": cfg,
+              "evaluation": {"metric": "class-coverage share[0]", "n": args.n, "sampler": "ddim", "steps": 50, "seed": args.seed},
+              "curves": curves, "reached": reached}
+    (args.out / "curves.json").write_text(json.dumps(record, indent=2))
+    _plot(curves, args.target, args.out / "curves.png")
+    print(f"\n| side | steps to >= {args.target:.0%} zeros | training time to it (s) |\n|---|---|---|")
+    for name in sides:
+        r = reached.get(name)
+        print(f"| {name} | {r['step'] if r else 'not reached'} | {r['train_s'] if r else '-'} |")
+    if len(reached) == 2:
+        print(f"\nddpmctl reached the bar in {reached['ddpmctl']['train_s'] / reached['diffusers']['train_s']:.2f}x diffusers' training time.")
+    print(f"saved {args.out / 'curves.json'} and {args.out / 'curves.png'}")
+
+
+def _ours_chunk(state, loss, x, loop: LoopConfig, k: int) -> None:
+    """k more steps of ddpmctl's loop; the learning-rate schedule runs over loop.steps, as in
+    `ddpmctl train`, and the loop's stop hook ends the chunk."""
+    target = state.step + k
+    train(state, loss, x, None, loop, Hooks(stop=lambda: state.step >= target))
+
+
+def _plot(curves: dict, target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, c in curves.items():
+        axes[0].plot([r["step"] for r in c], [r["share0"] for r in c], marker="o", label=name)
+        axes[1].plot([r["train_s"] for r in c], [r["share0"] for r in c], marker="o", label=name)
+    for ax, xl in zip(axes, ("training steps", "training wall time (s)")):
+        ax.axhline(target, color="gray", ls="--", lw=1)
+        ax.set_xlabel(xl)
+        ax.set_ylabel("share classified as 0")
+        ax.legend()
+    fig.suptitle("MNIST 16x16 digit 0: time to quality, ddpmctl against diffusers (same settings)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
