@@ -52,7 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CheckpointError(f"could not write {path} ({exc.strerror or exc}); free some disk space or choose another --runs-dir.") from exc
+        raise CheckpointError(f"could not write {path} ({exc.strerror or exc}); free some disk space or choose a writable folder (--runs-dir for runs, DDPMCTL_DATA_DIR for data).") from exc
     try:
         dfd = os.open(path.parent, os.O_DIRECTORY)
         try:

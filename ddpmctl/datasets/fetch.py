@@ -19,11 +19,11 @@ import contextlib
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import tarfile
 from pathlib import Path
 
+from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.config import data_dir
 from ddpmctl.datasets import images, mnist
 from ddpmctl.errors import DataError
@@ -35,16 +35,6 @@ _CIFAR_BATCH_BYTES = 10_000 * images.CIFAR10_RECORD
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_maybe_gzip(path: Path) -> bytes:
@@ -89,7 +79,7 @@ def import_mnist_like(name: str, source: Path) -> list[str]:
         found[f] = data
     raw = data_dir() / folder / "raw"
     for f, data in found.items():  # all checked first: nothing is half-imported
-        _atomic_write(raw / f, data)
+        atomic_write_bytes(raw / f, data)
     return [f"imported {name} from {source} into {raw} (4 files, MD5s match the originals)"]
 
 
@@ -141,7 +131,7 @@ def import_cifar10(source: Path) -> list[str]:
             raise DataError(f"{folder / n} has {size} bytes, not the {_CIFAR_BATCH_BYTES} of a CIFAR-10 binary batch; get an undamaged copy.")
     dest.mkdir(parents=True, exist_ok=True)
     for n in names:
-        _atomic_write(dest / n, (folder / n).read_bytes())
+        atomic_write_bytes(dest / n, (folder / n).read_bytes())
     return [f"imported CIFAR-10 from {folder} into {dest}"]
 
 

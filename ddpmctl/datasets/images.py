@@ -30,6 +30,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.config import data_dir
+from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.datasets.base import Dataset, draw, to_float
 from ddpmctl.datasets.mnist import parse_classes
 from ddpmctl.errors import DataError
@@ -40,12 +41,9 @@ _HELD_OUT_SEED = 20200619  # fixed: the held-out images never change between run
 
 
 def _save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def _load_cache(path: Path) -> dict[str, torch.Tensor] | None:

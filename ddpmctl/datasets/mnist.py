@@ -12,7 +12,6 @@ same digit filter: an independent set for metric floors.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
+from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.config import data_dir
 from ddpmctl.datasets.base import Dataset, draw, to_float
 from ddpmctl.errors import DataError
@@ -103,7 +103,7 @@ def _cache_key(name: str, split: str, size: int, raw: Path, files) -> str:
 
 def load_split(name: str, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of one split as uint8 (N, 1, size, size) and labels int64 (N,), cached."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     root = data_dir()
     cls_name, folder, files = SOURCES[name]
@@ -133,10 +133,7 @@ def load_split(name: str, split: str, size: int) -> tuple[torch.Tensor, torch.Te
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.round().clamp(0, 255).to(torch.uint8)
     y = y.long()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    save_file({"x": x, "y": y}, str(tmp), metadata={"name": name, "split": split, "size": str(size)})
-    os.replace(tmp, cache)
+    atomic_write_bytes(cache, save({"x": x, "y": y}, metadata={"name": name, "split": split, "size": str(size)}))
     return x, y
 
 

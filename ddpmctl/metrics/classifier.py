@@ -15,7 +15,6 @@ of other sizes (16x16, 32x32) are resized to 28x28; training passes every other 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -32,6 +31,7 @@ from pydantic import Field
 
 from ddpmctl import config
 from ddpmctl.checkpoint import atomic_write_bytes, content_hash
+from ddpmctl.datasets import mnist
 from ddpmctl.datasets.base import Dataset, to_float
 from ddpmctl.errors import DataError
 from ddpmctl.metrics import fid as fidlib
@@ -40,7 +40,6 @@ from ddpmctl.metrics.inception import Progress, batched, pick_device, quantize
 from ddpmctl.registry import PluginOptions, with_options
 
 FORMAT = "ddpmctl-classifier/1"
-SOURCES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # torchvision class = folder under data_dir
 NUM_CLASSES = 10
 SIZE = 28
 
@@ -88,36 +87,17 @@ class DigitCNN(nn.Module):
 # Data
 
 
-@functools.lru_cache(maxsize=4)
-def _split(which: str, train: bool, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    import torchvision
-
-    cls = getattr(torchvision.datasets, SOURCES[which])
-    try:
-        ds = cls(root=str(root), train=train, download=False)
-    except RuntimeError:
-        raise DataError(
-            f"{which} is not in {root / SOURCES[which] / 'raw'}; import it with `ddpmctl data fetch {which}` "
-            "(the classifier trains on it once and is cached)."
-        ) from None
-    return ds.data, ds.targets  # (N, 28, 28) uint8, (N,) int64
-
-
 def load_split(which: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x (N, 1, 28, 28) float32 in [-1, 1], y (N,) int64) of one split, from data_dir()."""
-    if which not in SOURCES:
-        raise DataError(f"unknown classifier {which!r}; known: {', '.join(SOURCES)}.")
-    u8, y = _split(which, train, config.data_dir())
-    return to_float(u8.unsqueeze(1)), y
+    """(x (N, 1, 28, 28) float32 in [-1, 1], y (N,) int64) of one split, through the dataset's cache."""
+    if which not in mnist.SOURCES:
+        raise DataError(f"unknown classifier {which!r}; known: {', '.join(mnist.SOURCES)}.")
+    u8, y = mnist.load_split(which, "train" if train else "test", 28)
+    return to_float(u8), y
 
 
 def _data_sha256(which: str) -> str:
-    return _hash_split(which, config.data_dir())
-
-
-@functools.lru_cache(maxsize=4)
-def _hash_split(which: str, root: Path) -> str:
-    u8, y = _split(which, True, root)
+    """The training split's pixels and labels: a classifier cached for other data is not reused."""
+    u8, y = mnist.load_split(which, "train", 28)
     h = hashlib.sha256(u8.numpy().tobytes())
     h.update(y.numpy().tobytes())
     return h.hexdigest()

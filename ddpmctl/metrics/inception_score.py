@@ -70,11 +70,6 @@ def inception_score_metric(samples: torch.Tensor, dataset: Dataset, classifier="
     samples = as_images(samples, dataset)
     if classifier == "auto":
         classifier = clflib.pick_classifier("auto", dataset) if dataset.shape[0] == 1 else "inception"
-    if classifier == "inception" and not any(w.has_head for w in inception.available()):
-        raise DataError(
-            f"the Inception Score of RGB images needs the Inception 1008-way head, only in pytorch-fid's {inception.PYTORCH_FID_FILE}, "
-            f"which is not in {inception.pytorch_fid_weights_path().parent}; place it there, or use --metric fid."
-        )
     probs, record = _softmax_fn(classifier, batch_size, device, quantize, progress)
     held = real_images(dataset, "held-out", len(samples), ref_seed)
     mean, std = inception_score(probs(samples, f"IS: {classifier} softmax of samples"), splits)
