@@ -36,6 +36,11 @@ class HeunOptions(PluginOptions):
         return self
 
 
+def nearest_level(sigma: float, log_sigma: torch.Tensor) -> int:
+    """The training timestep whose noise level is nearest to ``sigma`` in log sigma (0 .. T-1)."""
+    return int(fractional_timestep(torch.tensor([sigma], dtype=torch.float64).log(), log_sigma).round())
+
+
 def karras_timesteps(schedule, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """`steps` training timesteps at the Karras discretisation
         sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho   (Karras et al. eq. 5),
@@ -44,11 +49,7 @@ def karras_timesteps(schedule, steps: int, sigma_min: float = 0.002, sigma_max: 
     and moved to their nearest levels (in log sigma). Increasing, all distinct; fewer than
     `steps` when fewer levels lie between sigma_min and sigma_max."""
     log_sigma = schedule.sigma.log()  # increasing in t
-
-    def level(s: float) -> int:  # clamped to 0 .. T-1 by fractional_timestep
-        return int(fractional_timestep(torch.tensor([s], dtype=torch.float64).log(), log_sigma).round())
-
-    lo, hi = level(sigma_min), level(sigma_max)
+    lo, hi = nearest_level(sigma_min, log_sigma), nearest_level(sigma_max, log_sigma)
     steps = min(steps, hi - lo + 1)  # more steps than levels in the range: every level
     return spread_timesteps(schedule.sigma ** (1.0 / rho), steps, lo, hi)  # eq. 5
 
@@ -98,7 +99,7 @@ def heun(
         gamma = min(S_churn / N, 2**0.5 - 1) if in_range else 0.0
         tau_hat = int(taus[i])
         if gamma > 0:
-            tau_hat = int(fractional_timestep(torch.tensor([s_cur * (1 + gamma)], dtype=torch.float64).log(), log_sigma_all).round())
+            tau_hat = nearest_level(s_cur * (1 + gamma), log_sigma_all)
         s_hat = float(sigma_all[tau_hat])
         x_hat = x_cur
         if s_hat > s_cur:
