@@ -53,6 +53,7 @@ def test_sample_with_trajectory_and_eval(tiny_run, tmp_path):
     assert w["values"]["w2"] > 0 and w["floor"]["w2"] > 0 and w["protocol"]["solver"] == "ot.emd2 (exact)"
     assert w["sampling"]["seed"] == 3
     assert "w2" in r.stdout and "floor" in r.stdout
+    assert "wasserstein protocol: 500 samples" in r.stdout and "sampler ddpm, 100 steps, seed 3" in r.stdout
 
 
 def test_data_show_noise_writes_the_forward_process(tmp_path):

@@ -85,8 +85,36 @@ def evaluate(
         out = {**result.to_dict(), "sampling": rec, "run": str(model.run.path)}
         path = model.run.path / "eval" / f"{name}-{rec['sampler']}-{rec['steps']}steps-n{len(x)}.json"
         atomic_write_bytes(path, json.dumps(out, indent=2).encode())
+        console.print(f"[dim]{name} protocol:[/dim] {protocol_line(result.protocol, rec)}; all of it in {path}", soft_wrap=True)
     console.print(table)
     console.print(f"saved in {model.run.path / 'eval'}")
+
+
+def protocol_line(protocol: dict, sampling: dict) -> str:
+    """The protocol in one line: what was compared with what, through which features, sampled how."""
+    parts = []
+    if "n" in protocol:
+        ref = protocol.get("reference", {})
+        against = f" against {protocol['n_ref']} {ref.get('split', 'reference')} images" if "n_ref" in protocol else ""
+        parts.append(f"{protocol['n']} samples{against}")
+    if "n_floor" in protocol:
+        parts.append(f"floor on {protocol['n_floor']} held-out images")
+    if "feature_network" in protocol:
+        parts.append(f"features {protocol['feature_network'].split(' (')[0]}, {protocol.get('layer', '')}".rstrip(", "))
+    if "weights" in protocol:
+        parts.append(f"weights {protocol['weights']} (sha256 {str(protocol.get('weights_sha256', '?'))[:12]})")
+    if "classifier" in protocol and isinstance(protocol["classifier"], str):
+        sha = f" (sha256 {protocol['classifier_sha256'][:12]})" if protocol.get("classifier_sha256") else ""
+        parts.append(f"classifier {protocol['classifier']}{sha}")
+    resize = protocol.get("preprocessing", {}).get("resize") if isinstance(protocol.get("preprocessing"), dict) else None
+    if resize:
+        parts.append(f"resize {resize.split(' (')[0]}")
+    how = f"sampler {sampling.get('sampler', '?')}, {sampling.get('steps', '?')} steps"
+    for key in ("seed", "guidance"):
+        if sampling.get(key) is not None:
+            how += f", {key} {sampling[key]}"
+    parts.append(how)
+    return "; ".join(parts)
 
 
 def _read_samples(path: Path):
