@@ -69,11 +69,3 @@ def channels_last_pays(device: torch.device, training: bool) -> bool:
     gained nothing and sampling 1.06x (mnist16 U-Net, benchmarks/speed.py --ablation): sampling
     only. On CUDA, cuDNN's tensor-core convolutions want NHWC: both (not measured in this project)."""
     return device.type == "cuda" or not training
-
-
-def compile_for_sampling(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """torch.compile for inference. On the CPU with inductor's freezing: the weights are taken as
-    constants, so convolutions run on pre-packed oneDNN weights and fuse with what follows them
-    (benchmarks/speed.py --ablation --compile: 1.33x to 1.55x diffusers' sampling speed on the
-    2-core machine). The weights must not change afterwards (a model loaded for sampling)."""
-    return torch.compile(net, options={"freezing": True}) if device.type == "cpu" else torch.compile(net)

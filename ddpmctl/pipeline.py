@@ -17,7 +17,7 @@ from ddpmctl import __version__, registry
 from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
-from ddpmctl.devices import channels_last_pays, compile_for_sampling, pick_device
+from ddpmctl.devices import channels_last_pays, pick_device
 from ddpmctl.errors import DataError, DdpmctlError, UnknownNameError
 from ddpmctl.run import RunDir
 from ddpmctl.samplers.base import randn
@@ -140,7 +140,7 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
     if len(data["shape"]) == 3 and channels_last_pays(dev, training=False):
         net = net.to(memory_format=torch.channels_last)
     if compile:
-        net = compile_for_sampling(net, dev)
+        net = torch.compile(net)
     return Model(run, cfg, data, net, build_schedule(cfg), int(meta["step"]), dev, changes=provenance_changes(meta))
 
 

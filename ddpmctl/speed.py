@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ddpmctl import registry
 from ddpmctl.config import PHASE_DEFAULTS
-from ddpmctl.devices import channels_last_pays, compile_for_sampling, fast_math, use_bf16
+from ddpmctl.devices import channels_last_pays, fast_math, use_bf16
 from ddpmctl.errors import ConfigError, OptionsError
 
 # The default model of each phase: data shape, network plugin, batch size.
@@ -141,7 +141,7 @@ class Ours:
         if self._sampling_model is None:  # the EMA weights as they are now, as pipeline.load_model sets them up
             net = copy.deepcopy(self.state.ema).to(memory_format=torch.channels_last if self.sample_cl else torch.contiguous_format)
             if self.compile:
-                net = compile_for_sampling(net, self.device)
+                net = torch.compile(net)
             data = {"shape": list(self.spec["shape"]), "num_classes": 0, "kind": self.spec["kind"], "absmax": 1.0}
             self._sampling_model = Model(None, {"prediction": "eps", "cond": "none"}, data, net, self.schedule, 0, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
