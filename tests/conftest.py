@@ -12,6 +12,8 @@ import torch
 
 # In-process tests do tiny tensor work, where extra threads only spin (and CI shares 2 cores).
 torch.set_num_threads(1)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # tests run two at a time (pytest -n 2): the CLIs they start take one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -36,11 +38,14 @@ def run_in_process(args: list, env: dict[str, str], monkeypatch, capsys, columns
     """Run `ddpmctl ARGS` in this process, as the console script does (seconds faster than
     `cli` where many commands run); returns (exit code, stdout, stderr)."""
     from ddpmctl.cli import main
+    from ddpmctl.cli.common import console, err_console
 
     with monkeypatch.context() as m:
         for k in [k for k in os.environ if k.startswith("DDPMCTL_")]:
             m.delenv(k)
         m.setenv("COLUMNS", str(columns))
+        for c in (console, err_console):  # rich reads COLUMNS once, when the console is made
+            m.setattr(c, "width", columns)
         for k, v in env.items():
             m.setenv(k, v)
         m.setattr(sys, "argv", ["ddpmctl", *map(str, args)])
