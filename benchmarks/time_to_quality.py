@@ -25,11 +25,11 @@ and prints the table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ddpmctl import speed
 from ddpmctl.config import TrainSettings
@@ -37,7 +37,7 @@ from ddpmctl.convergence import watch
 from ddpmctl.devices import fast_math, pick_device, set_threads
 from ddpmctl.diffusion import DiffusionLoss
 from ddpmctl.pipeline import Model, build_dataset, build_network, build_schedule, resolve
-from ddpmctl.training import Hooks, LoopConfig, lr_at, make_state, train
+from ddpmctl.training import Hooks, LoopConfig, make_state, train
 
 
 class DiffusersEps(torch.nn.Module):
@@ -51,39 +51,12 @@ class DiffusersEps(torch.nn.Module):
         return self.unet(x, t).sample
 
 
-class DiffusersSide:
-    """diffusers' UNet2DModel trained as its unconditional example does, at ddpmctl's settings."""
+class DiffusersSide(speed.Diffusers):
+    """speed.Diffusers on the real data at ddpmctl's settings, and its EMA weights as a ddpmctl network."""
 
     def __init__(self, x: torch.Tensor, loop: LoopConfig, seed: int, device: torch.device):
-        from diffusers import DDPMScheduler, UNet2DModel
-        from diffusers.training_utils import EMAModel
-
-        torch.manual_seed(seed)
-        self.config = speed.diffusers_unet_config(tuple(x.shape[1:]))
-        self.unet = UNet2DModel(**self.config).to(device)
-        self.eval_unet = UNet2DModel(**self.config).to(device).eval().requires_grad_(False)
-        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-        self.lr = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_at(step, loop) / loop.lr)
-        self.ema = EMAModel(self.unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
-        self.x, self.loop, self.device, self.step = x, loop, device, 0
-        self.g = torch.Generator(device=device).manual_seed(seed)
-
-    def train(self, steps: int) -> None:
-        B, g = self.loop.batch_size, self.g
-        self.unet.train()
-        for _ in range(steps):
-            x0 = self.x[torch.randint(0, self.x.shape[0], (B,), device=self.device, generator=g)]
-            noise = torch.randn(x0.shape, device=self.device, generator=g)
-            t = torch.randint(0, 1000, (B,), device=self.device, generator=g)
-            loss = F.mse_loss(self.unet(self.scheduler.add_noise(x0, noise, t), t).sample, noise)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.loop.grad_clip)
-            self.optimizer.step()
-            self.lr.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step(self.unet.parameters())
-            self.step += 1
+        super().__init__("mnist16", loop.batch_size, device, bf16=False, seed=seed, x=x, loop=loop)
+        self.eval_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
 
     def ema_net(self) -> torch.nn.Module:
         self.ema.copy_to(self.eval_unet.parameters())

@@ -171,11 +171,16 @@ def diffusers_unet_config(shape: tuple[int, ...]) -> dict:
 
 
 class Diffusers:
-    """diffusers' UNet2DModel and DDPMScheduler, trained and sampled as its examples do."""
+    """diffusers' UNet2DModel and DDPMScheduler, trained and sampled as its examples do.
+
+    By default on synthetic data with the example's constant learning rate (1e-4, torch's AdamW
+    weight decay, clip 1, EMA 0.999); given ``x`` and a ``loop`` (training.LoopConfig), on that
+    data with ddpmctl's settings: its learning rate and schedule, weight decay, clip and EMA decay."""
 
     name = "diffusers"
 
-    def __init__(self, model: str, batch_size: int, device: torch.device, bf16: bool, seed: int = 0):
+    def __init__(self, model: str, batch_size: int, device: torch.device, bf16: bool, seed: int = 0,
+                 x: Optional[torch.Tensor] = None, loop=None):
         try:
             from diffusers import DDPMScheduler, UNet2DModel
             from diffusers.training_utils import EMAModel
@@ -190,12 +195,23 @@ class Diffusers:
         self.unet = UNet2DModel(**self.config).to(device)
         self.parameters = sum(p.numel() for p in self.unet.parameters())
         self.scheduler = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", clip_sample=True)
-        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-4)
-        self.ema = EMAModel(self.unet.parameters(), decay=0.999, use_ema_warmup=True)
+        self.lr_schedule = None
+        if loop is None:
+            self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-4)
+        else:
+            from ddpmctl.training import lr_at
+
+            self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+            self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_at(step, loop) / loop.lr)
+        self.grad_clip = 1.0 if loop is None else loop.grad_clip
+        self.ema = EMAModel(self.unet.parameters(), decay=0.999 if loop is None else loop.ema_decay, use_ema_warmup=True)
         self.ema.to(device)
         self.g = torch.Generator(device=device).manual_seed(seed)
-        g = torch.Generator().manual_seed(seed)
-        self.x = (torch.rand((max(1024, batch_size), *spec["shape"]), generator=g) * 2 - 1).to(device)
+        self.step = 0
+        if x is None:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.rand((max(1024, batch_size), *spec["shape"]), generator=g) * 2 - 1
+        self.x = x.to(device)
 
     def train(self, steps: int) -> None:
         B, g = self.batch_size, self.g
@@ -209,10 +225,13 @@ class Diffusers:
                 eps_hat = self.unet(x_t, t).sample
             loss = F.mse_loss(eps_hat.float(), noise.float())
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.grad_clip)
             self.optimizer.step()
+            if self.lr_schedule is not None:
+                self.lr_schedule.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.step(self.unet.parameters())
+            self.step += 1
 
     @torch.no_grad()
     def sample(self, nfe: int) -> None:
