@@ -15,6 +15,7 @@ of other sizes (16x16, 32x32) are resized to 28x28; training passes every other 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -97,6 +98,11 @@ def load_split(which: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _data_sha256(which: str) -> str:
     """The training split's pixels and labels: a classifier cached for other data is not reused."""
+    return _train_split_sha256(which, config.data_dir())
+
+
+@functools.lru_cache(maxsize=4)
+def _train_split_sha256(which: str, root: Path) -> str:  # once per process and data directory, not per metric
     u8, y = mnist.load_split(which, "train", 28)
     h = hashlib.sha256(u8.numpy().tobytes())
     h.update(y.numpy().tobytes())
