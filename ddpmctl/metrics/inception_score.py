@@ -23,7 +23,10 @@ from ddpmctl.metrics.inception import Progress
 from ddpmctl.registry import PluginOptions, with_options
 
 
-def inception_score(probs: np.ndarray, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+SHUFFLE_SEED = 0  # of the shuffle before the splits; recorded in the protocol
+
+
+def inception_score(probs: np.ndarray, splits: int = 10, seed: int = SHUFFLE_SEED) -> tuple[float, float]:
     """Mean and standard deviation over ``splits`` parts of exp(mean_i KL(p(y|x_i) || p(y))).
 
     The parts are drawn after a seeded shuffle: samples often come in order (a conditional
@@ -85,7 +88,7 @@ def inception_score_metric(samples: torch.Tensor, dataset: Dataset, classifier="
         protocol={
             "n": len(samples),
             "n_floor": len(held),
-            "splits": f"{splits}, after a seeded shuffle of the samples (seed 0)",
+            "splits": f"{splits}, after a seeded shuffle of the samples (seed {SHUFFLE_SEED})",
             "floor_set": {"split": "held-out (dataset.fresh)", "seed": ref_seed},
             "softmax_of": classifier,
             **record,
