@@ -5,7 +5,8 @@ normalisation, attention, elementwise and the rest.
     python benchmarks/op_profile.py                 # 5 training steps, 20 sampling calls, each side
     python benchmarks/op_profile.py --threads 1 --steps 10
 
-Prints a table of the share of self CPU time per group and writes benchmarks/out/speed/profile.json.
+Prints the floating-point operations of one forward pass of each side (torch's FlopCounterMode)
+and a table of the share of self CPU time per group; writes benchmarks/out/speed/profile.json.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def shares(fn) -> dict[str, float]:
     return {g: t / all_ for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+def forward_gflop(side, batch: int) -> float:
+    """Floating-point operations (GFLOP) of one forward pass of the side's network at ``batch``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t = torch.randn(batch, *speed.MODELS["mnist16"]["shape"]), torch.randint(0, speed.T, (batch,))
+    net = side.state.net if isinstance(side, speed.Ours) else (lambda x, t, y: side.unet(x, t).sample)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, t, None)
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5, help="profiled training steps")
@@ -68,15 +80,18 @@ def main() -> None:
     result = {}
     for name, side in sides.items():
         speed.warm_up(side, speed.Settings())
-        result[name] = {"train": shares(lambda: side.train(args.steps)), "sample": shares(lambda: side.sample(args.calls))}
+        result[name] = {"train": shares(lambda: side.train(args.steps)), "sample": shares(lambda: side.sample(args.calls)),
+                        "forward_gflop": forward_gflop(side, batch)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.json").write_text(json.dumps({"threads": torch.get_num_threads(), "batch": batch, **result}, indent=2))
-    names = sorted({g for r in result.values() for part in r.values() for g in part}, key=lambda g: -result["ddpmctl"]["train"].get(g, 0))
+    parts = ("train", "sample")
+    names = sorted({g for r in result.values() for part in parts for g in r[part]}, key=lambda g: -result["ddpmctl"]["train"].get(g, 0))
+    print("One forward pass at batch " + str(batch) + ": " + ", ".join(f"{n} {r['forward_gflop']:.2f} GFLOP" for n, r in result.items()) + ".")
     print(f"Share of self CPU time, mnist16 default model, batch {batch}, {torch.get_num_threads()} threads.\n")
-    print("| operator group | " + " | ".join(f"{n} {part}" for n in result for part in ("train", "sample")) + " |")
+    print("| operator group | " + " | ".join(f"{n} {part}" for n in result for part in parts) + " |")
     print("|---|" + "---|" * (2 * len(result)))
     for g in names:
-        print(f"| {g} | " + " | ".join(f"{result[n][part].get(g, 0.0):.1%}" for n in result for part in ("train", "sample")) + " |")
+        print(f"| {g} | " + " | ".join(f"{result[n][part].get(g, 0.0):.1%}" for n in result for part in parts) + " |")
 
 
 if __name__ == "__main__":
