@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Phase 3: ten digits, class-conditional; a 10 x 10 grid (one row per class) with and without guidance.
+# Phase 3: ten digits, class-conditional; a 10 x 10 grid (one row per class) without and with
+# guidance, then how often the MNIST classifier reads the requested digit, per class (the phase's
+# bar in docs/benchmarks.md), with the same guidance.
+# Sizes can be reduced (tests/test_examples.py does): RUNS, FIGURES, N, STEPS, TRAIN_ARGS.
 set -euo pipefail
-run=runs/phase3-mnist16-conditional
+runs=${RUNS:-runs}
+figures=${FIGURES:-docs/figures}
+n=${N:-1000}
+steps=${STEPS:-100}
+run=$runs/phase3-mnist16-conditional
+mkdir -p "$figures"
 [ -f "${DDPMCTL_DATA_DIR:-$HOME/.cache/ddpmctl/data}/MNIST/raw/train-images-idx3-ubyte" ] \
   || ddpmctl data fetch mnist --from ../shared/data/mnist || ddpmctl data fetch mnist
-[ -f "$run/latest" ] || ddpmctl train --config examples/phase3-mnist16-conditional/config.toml
+read -r -a extra <<< "${TRAIN_ARGS:-}"  # flags added to the training command, e.g. a smaller --steps
+[ -f "$run/latest" ] || ddpmctl train --config examples/phase3-mnist16-conditional/config.toml --runs-dir "$runs" ${extra[@]+"${extra[@]}"}
 for w in 1 2; do
-  ddpmctl sample "$run" --n 100 --class 0,1,2,3,4,5,6,7,8,9 --guidance "$w" --steps 100 \
-    --grid "docs/figures/phase3-classes-w$w.png" --out "$run/samples"
+  ddpmctl sample "$run" --n 100 --class 0,1,2,3,4,5,6,7,8,9 --guidance "$w" --steps "$steps" \
+    --grid "$figures/phase3-classes-w$w.png" --out "$run/samples"
 done
-# For the benchmark: 100 samples of each class with guidance, labels saved in the .npz.
-ddpmctl sample "$run" --n 1000 --guidance 2 --seed 0 --out "$run/samples"
+ddpmctl eval "$run" --metric class-accuracy --metric class-coverage --guidance 2 --n "$n" --steps "$steps"
