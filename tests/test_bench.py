@@ -31,7 +31,9 @@ def test_bench_quality_writes_a_table_csv_json_and_plot(sigma_run):
             "--clip", "3", env=ONE_THREAD)
     assert_ok(r)
     assert "NFE" in r.stdout and "floor" in r.stdout
-    stem = sigma_run / "bench" / "quality-wasserstein-n64-seed0-clip3"
+    (csv_path,) = (sigma_run / "bench").glob("quality-wasserstein-ddpm+ddim+*-n64-seed0-clip3-*.csv")
+    stem = csv_path.with_suffix("")
+    assert f"saved {stem}.csv" in r.stdout.replace("\n", "")
     with open(f"{stem}.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(row["sampler"], int(row["steps"])) for row in rows] == [(s, k) for s in SAMPLERS for k in (3, 10, 100)]
@@ -58,9 +60,27 @@ def test_bench_quality_adds_the_reference_row_only_once(sigma_run):
     r = cli("bench", "quality", sigma_run, "--sampler", "ddim", "--steps", "5,10", "--reference", "ddpm:100", "--n", "32",
             "--clip", "2", env=ONE_THREAD)
     assert_ok(r)
-    record = json.loads((sigma_run / "bench" / "quality-wasserstein-n32-seed0-clip2.json").read_text())
+    (path,) = (sigma_run / "bench").glob("quality-wasserstein-ddim-n32-seed0-clip2-*.json")
+    record = json.loads(path.read_text())
     assert [(row["sampler"], row["steps"]) for row in record["rows"]] == [("ddim", 5), ("ddim", 10), ("ddpm", 100)]
     assert record["summary"]["reference"]["steps"] == 100 and record["summary"]["best_fast"]["sampler"] == "ddim"
+
+
+def test_benches_that_differ_only_in_steps_or_options_keep_their_own_files(sigma_run):
+    """Two benches of one run with the same metric, n and seed but another step grid or sampler
+    option each keep their results; the second does not overwrite the first."""
+    def bench(*extra):
+        r = cli("bench", "quality", sigma_run, "--sampler", "ddpm", "--n", "16", "--seed", "7", *extra, env=ONE_THREAD)
+        assert_ok(r)
+        return {p.name: p.read_bytes() for p in (sigma_run / "bench").glob("quality-*-n16-seed7-*.json")}
+
+    first = bench("--steps", "5")
+    second = bench("--steps", "10")
+    third = bench("--steps", "10", "-o", "ddpm.variance=beta")
+    assert len(first) == 1 and len(second) == 2 and len(third) == 3
+    assert all(second[name] == data for name, data in first.items())  # the first bench's record is untouched
+    steps = {tuple(r["steps"] for r in json.loads(data)["rows"]) for data in third.values()}
+    assert steps == {(5,), (10,)}
 
 
 def test_interpolate_between_seeds_and_between_real_points(sigma_run):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -93,8 +94,7 @@ def quality(
     keys = list(floors)
     _print_table(model, rows, keys, floors, n, ref)
     dest = model.run.path / "bench"
-    stem = f"quality-{'+'.join(metrics)}-n{n}-seed{seed}"
-    stem += (f"-clip{clip:g}" if clip is not None else "") + (f"-dt{dynamic_threshold:g}" if dynamic_threshold is not None else "")
+    stem = result_stem(metrics, samplers, grid, opts, n, seed, guidance, clip, dynamic_threshold)
     record = {
         "run": str(model.run.path), "checkpoint_step": model.step, "n": n, "seed": seed, "samplers": samplers,
         "steps": step_list, "metrics": metrics, "options": opts, "clip_x0": clip, "dynamic_threshold": dynamic_threshold,
@@ -108,6 +108,16 @@ def quality(
 
     plots.quality_vs_nfe(rows, keys, floors, dest / f"{stem}.png", title=f"{model.run.path.name} (step {model.step}): quality against NFE, n={n}")
     console.print(f"saved {dest / stem}.csv, .json, .png")
+
+
+def result_stem(metrics, samplers, grid, opts, n, seed, guidance, clip, dyn) -> str:
+    """File stem of one bench's results: what a reader looks for first (metrics, samplers, n, seed,
+    clipping), then a short hash of the rest that sets the rows (the sampler and step grid with its
+    reference, options, guidance), so that two benches of one run never overwrite each other."""
+    key = json.dumps({"grid": grid, "options": opts, "guidance": guidance}, sort_keys=True, default=str)
+    stem = f"quality-{'+'.join(metrics)}-{'+'.join(samplers)}-n{n}-seed{seed}"
+    stem += (f"-clip{clip:g}" if clip is not None else "") + (f"-dt{dyn:g}" if dyn is not None else "")
+    return f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def _row(model: Model, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn, batch_size, resolved, floors, protocols) -> dict:
