@@ -59,6 +59,20 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left behind
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    """The temporary file is made 0600; the result gets 0666 less the umask, as open() would
+    give it, so results on a shared machine are as readable as the user's other files."""
+    old = os.umask(0o022)
+    try:
+        checkpoint.atomic_write_bytes(tmp_path / "a.json", b"{}")
+        os.umask(0o027)
+        checkpoint.atomic_write_bytes(tmp_path / "b.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
 def test_run_falls_back_to_the_previous_good_checkpoint(tmp_path):
     run = RunDir.create(tmp_path / "r", {"config": {}})
     for step in (10, 20, 30):
