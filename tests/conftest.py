@@ -87,3 +87,22 @@ def tiny_run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     assert_ok(cli("train", "--data", "8gaussians", "--name", "tiny", "--runs-dir", runs, *TINY))
     return runs / "tiny"
+
+
+MNIST_FILES = SHARED_DATA / "mnist"
+
+
+def need_mnist() -> None:
+    if not (MNIST_FILES / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the original MNIST files are not at {MNIST_FILES} (shared/data/mnist beside the repository)")
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory) -> Path:
+    """A data directory with MNIST imported through `ddpmctl data fetch mnist --from DIR`."""
+    need_mnist()
+    root = tmp_path_factory.mktemp("data")
+    r = cli("data", "fetch", "mnist", "--from", MNIST_FILES, env={"DDPMCTL_DATA_DIR": str(root), "OMP_NUM_THREADS": "1"})
+    assert_ok(r)
+    assert "MD5" in r.stdout
+    return root

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, SHARED_DATA, cli, assert_ok
+from tests.conftest import REPO, SHARED_DATA
 
 EXAMPLES = REPO / "examples"
 # Reduced sizes: the example's config is kept, only how long and how big changes.
@@ -78,19 +78,10 @@ def test_phase1_reproduces_its_figures_and_w2_beside_the_floor(tmp_path):
     assert record(run, "kl")["values"]
 
 
-@pytest.fixture(scope="module")
-def mnist_data(tmp_path_factory) -> Path:
-    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the original MNIST files are not at {SHARED_DATA / 'mnist'}")
-    root = tmp_path_factory.mktemp("data")
-    assert_ok(cli("data", "fetch", "mnist", "--from", SHARED_DATA / "mnist", env={"DDPMCTL_DATA_DIR": str(root)}))
-    return root
-
-
-def test_mnist_phases_reproduce_their_figures_and_classifier_numbers(mnist_data, tmp_path):
+def test_mnist_phases_reproduce_their_figures_and_classifier_numbers(mnist_dir, tmp_path):
     """Phases 2 and 3 in one test: both need the MNIST classifier, trained once into the data
     directory the first time a classifier metric runs (about a minute), then read from its cache."""
-    env = {"DDPMCTL_DATA_DIR": str(mnist_data)}
+    env = {"DDPMCTL_DATA_DIR": str(mnist_dir)}
     run = reproduced("phase2-mnist16-digit0", "phase2-mnist16-digit0", ["phase2-data.png", "phase2-samples.png"],
                      tmp_path, SMALL_UNET, n=200, steps=5, **env)
     coverage = record(run, "class-coverage")

@@ -16,10 +16,9 @@ from PIL import Image
 
 from ddpmctl import registry
 from ddpmctl.errors import DataError
-from tests.conftest import assert_clean_error, assert_ok, cli
+from tests.conftest import MNIST_FILES, assert_clean_error, assert_ok, cli, need_mnist
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MNIST_FILES = SHARED / "mnist"
 EMOJI = SHARED / "emoji32"
 
 def _env(data_dir, **extra) -> dict:
@@ -30,22 +29,6 @@ def _env(data_dir, **extra) -> dict:
 # A few steps of a very small U-Net on 8x8 images and a short schedule.
 TINY_IMG = ["--steps", "4", "--batch-size", "8", "-o", "network.channels=8", "-o", "network.channel_mult=[1,2]",
             "-o", "schedule.T=20", "--checkpoint-every", "4"]
-
-
-def _need_mnist():
-    if not (MNIST_FILES / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the original MNIST files are not at {MNIST_FILES} (shared/data/mnist beside the repository)")
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory) -> Path:
-    """A data directory with MNIST imported through `ddpmctl data fetch mnist --from DIR`."""
-    _need_mnist()
-    root = tmp_path_factory.mktemp("data")
-    r = cli("data", "fetch", "mnist", "--from", MNIST_FILES, env=_env(root))
-    assert_ok(r)
-    assert "MD5" in r.stdout
-    return root
 
 
 def _write_images(folder: Path, n: int, size: int = 8, seed: int = 0) -> None:
@@ -97,7 +80,7 @@ def test_data_show_writes_a_png_grid(mnist_dir, tmp_path):
 
 
 def test_fetch_checks_md5_and_imports_nothing_on_a_corrupted_file(tmp_path):
-    _need_mnist()
+    need_mnist()
     src = tmp_path / "src"
     src.mkdir()
     for f in MNIST_FILES.glob("*.gz"):
