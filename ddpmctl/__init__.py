@@ -1,3 +1,25 @@
-"""ddpmctl: train, sample and evaluate denoising diffusion models."""
+"""ddpmctl: train, sample and evaluate denoising diffusion models.
+
+    import ddpmctl
+    run = ddpmctl.train(data="spiral", steps=2000)
+    samples = run.sample(n=2000, sampler="dpm-solver++", steps=20)
+    ddpmctl.Run.load("runs/spiral").evaluate(["wasserstein"])
+
+The API lives in ddpmctl.api (docs/api.md); its names are imported on first use, so that
+`import ddpmctl` (and `ddpmctl --version`) stays light.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_API = {"train": "ddpmctl.api", "Run": "ddpmctl.api", "Evaluation": "ddpmctl.api", "load_dataset": "ddpmctl.api",
+        "Samples": "ddpmctl.samples", "Events": "ddpmctl.events", "Printer": "ddpmctl.events",
+        "TrainSettings": "ddpmctl.config", "RunRecord": "ddpmctl.record", "DdpmctlError": "ddpmctl.errors"}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'ddpmctl' has no attribute {name!r}")

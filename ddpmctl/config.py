@@ -16,9 +16,11 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 from ddpmctl.errors import ConfigError, format_validation_error
+from ddpmctl.stopping import Threshold, parse_duration
 
 ENV_PREFIX = "DDPMCTL_"
 _toml_file: contextvars.ContextVar[Optional[Path]] = contextvars.ContextVar("toml_file", default=None)
+_layers: contextvars.ContextVar[bool] = contextvars.ContextVar("layers", default=True)  # False: the given values alone
 
 
 class _Base(BaseSettings):
@@ -26,6 +28,8 @@ class _Base(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        if not _layers.get():  # a saved config is read as it was written, whatever the environment says
+            return (init_settings,)
         sources = [init_settings, env_settings]
         path = _toml_file.get()
         if path is not None:
@@ -83,15 +87,11 @@ class TrainSettings(_Base):
     def _threshold(cls, v):
         if v is None or str(v).strip().lower() in ("", "none", "off"):
             return None
-        from ddpmctl.convergence import Threshold
-
         return str(Threshold.parse(v))
 
     @field_validator("max_time", mode="before")
     @classmethod
     def _duration(cls, v):
-        from ddpmctl.convergence import parse_duration
-
         return None if v is None else parse_duration(v)
 
 
@@ -140,6 +140,17 @@ def load_settings(cls: type[_Base], config_file: Path | None = None, base: dict 
         raise
     finally:
         _toml_file.reset(token)
+
+
+def saved(cls: type[_Base], values: dict) -> _Base:
+    """Settings exactly as a run saved them: no environment variable or TOML file takes part."""
+    token = _layers.set(False)
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "saved configuration")) from None
+    finally:
+        _layers.reset(token)
 
 
 def check_env(cls: type[_Base]) -> None:

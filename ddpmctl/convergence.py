@@ -9,92 +9,33 @@ beside the loss records:
 and the samples to ``RUN/convergence/step-NNNNNNNN.npz`` (for the strip of samples over training).
 ``time`` is the run's wall time in seconds: evaluations included, resumed sessions added up.
 
-Stop criteria (the first one met ends the run, with a checkpoint):
-
-- ``until_loss X``:        the smoothed loss, the mean of the last LOSS_WINDOW logged losses, <= X;
-- ``until_metric NAME<=X``: an evaluation's value NAME meets the threshold (``>=`` for metrics
-  that grow); NAME is a value key (``w2``) or a metric name (``wasserstein``: its first value);
-- ``max_time S``:          the run's wall time >= S seconds.
-
-RUN/stop.json says why the run stopped, and the step and time at which each threshold was met.
+Stop criteria (``until_loss``, ``until_metric``, ``max_time``) live in stopping.py; RUN/stop.json says
+why the run stopped, and the step and time at which each threshold was met.
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import math
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
+from ddpmctl import registry
+from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.datasets.base import to_float, to_uint8
+from ddpmctl.errors import ConfigError, NumericalError
+from ddpmctl.metrics.base import score
+from ddpmctl.pipeline import default_metric, sample
+from ddpmctl.stopping import LOSS_WINDOW, Criteria, Threshold, smoothed
 
-LOSS_WINDOW = 5  # logged losses averaged into the smoothed loss (5 x log_every steps)
 STRIP_IMAGES = 10  # images per row of the strip of samples over training
 STRIP_ROWS = 10  # evaluations shown in the strip, evenly spaced
-
-
-# ---------------------------------------------------------------------------------------------
-# Thresholds and durations
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """``NAME<=X`` or ``NAME>=X``: NAME is a value key (w2), a metric name (its first value), or loss."""
-
-    name: str
-    op: str  # "<=" or ">="
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> "Threshold":
-        m = re.fullmatch(r"\s*([^<>=\s][^<>=]*?)\s*(<=|>=)\s*(\S+)\s*", str(text))
-        try:
-            value = float(m[3]) if m else math.nan
-        except ValueError:
-            value = math.nan
-        if not m or not math.isfinite(value):
-            raise ValueError("not of the form NAME<=X or NAME>=X with a number X, for example wasserstein<=0.1")
-        return cls(m[1], m[2], value)
-
-    def met(self, v: float) -> bool:
-        return v <= self.value if self.op == "<=" else v >= self.value
-
-    def key(self, metric: str, values: dict) -> Optional[str]:
-        """The value this threshold reads in an evaluation of ``metric``, or None."""
-        if self.name in values:
-            return self.name
-        if self.name == metric and values:
-            return next(iter(values))
-        return None
-
-    def __str__(self) -> str:
-        return f"{self.name}{self.op}{self.value:g}"
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: Any) -> float:
-    """Seconds from 90, 90s, 15m, 1h or 1h30m."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip().lower()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", s)
-    if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
-        raise ValueError("not a duration: use seconds, or a number with s, m or h, for example 90s, 15m or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,13 +48,6 @@ def loss_records(records: list[dict]) -> list[dict]:
 
 def eval_records(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("event") == "eval" and r.get("values")]
-
-
-def smoothed(losses: list[float], window: int = LOSS_WINDOW) -> Optional[float]:
-    """Mean of the last ``window`` logged losses; None until there are that many."""
-    if len(losses) < window:
-        return None
-    return sum(losses[-window:]) / window
 
 
 def primary_key(records: list[dict]) -> Optional[str]:
@@ -169,65 +103,6 @@ def final(records: list[dict], key: str) -> Optional[float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stop criteria
-
-
-@dataclass
-class Criteria:
-    """The stop criteria of a run, fed its records as they are written."""
-
-    until_loss: Optional[float] = None
-    until_metric: Optional[Threshold] = None
-    max_time: Optional[float] = None
-    losses: list[float] = field(default_factory=list)
-    met: dict[str, dict] = field(default_factory=dict)  # criterion -> {"step", "time", "value"} when first met
-    reason: Optional[str] = None  # "until-loss", "until-metric" or "max-time" once one is met
-
-    @property
-    def active(self) -> bool:
-        return bool(self.until_loss or self.until_metric or self.max_time)
-
-    def on_record(self, rec: dict) -> None:
-        """Feed one metrics.jsonl record; sets ``reason`` when a criterion is met."""
-        if "loss" in rec:
-            self.losses.append(rec["loss"])
-            loss = smoothed(self.losses)
-            if self.until_loss and loss is not None and loss <= self.until_loss:
-                self._meet("until-loss", f"loss<={self.until_loss:g}", rec, loss)
-        if rec.get("event") == "eval" and self.until_metric is not None:
-            key = self.until_metric.key(rec["metric"], rec["values"])
-            if key is not None and math.isfinite(rec["values"][key]) and self.until_metric.met(rec["values"][key]):
-                self._meet("until-metric", str(self.until_metric), rec, rec["values"][key])
-
-    def on_time(self, step: int, seconds: float) -> None:
-        if self.max_time and seconds >= self.max_time:
-            self._meet("max-time", f"time>={self.max_time:g}s", {"step": step, "time": round(seconds, 3)}, round(seconds, 3))
-
-    def _meet(self, reason: str, what: str, rec: dict, value: float) -> None:
-        self.met.setdefault(what, {"step": rec["step"], "time": rec["time"], "value": value})
-        self.reason = self.reason or reason
-
-    def explain(self) -> str:
-        """One phrase: which criterion was met, where."""
-        for what, at in self.met.items():
-            return f"{what} met at step {at['step']}: {at['value']:.4g} after {at['time']:.1f} s"
-        return "no criterion met"
-
-    def summary(self, reason: str, step: int, seconds: float) -> dict:
-        """The content of RUN/stop.json."""
-        return {
-            "reason": reason,
-            "step": step,
-            "time": round(seconds, 3),
-            "criteria": {"until_loss": self.until_loss or None, "until_metric": str(self.until_metric) if self.until_metric else None,
-                         "max_time": self.max_time or None},
-            "met": self.met,
-            "smoothed_loss": smoothed(self.losses),
-            "smoothing": f"mean of the last {LOSS_WINDOW} logged losses",
-        }
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation during training
 
 
@@ -249,9 +124,6 @@ class Evaluator:
         """Sample from ``model`` (a pipeline.Model over the EMA weights) and score the samples;
         returns the record (without ``time``) and the samples. The network is left in the mode
         it was in."""
-        from ddpmctl.errors import NumericalError
-        from ddpmctl.pipeline import sample
-
         t0 = time.perf_counter()
         net = model.net
         was_training = net.training
@@ -262,10 +134,7 @@ class Evaluator:
             return {"step": model.step, "event": "eval", "metric": self.metric, "values": {}, "error": str(exc)}, None
         finally:
             net.train(was_training)
-        kwargs = dict(self.options)
-        if "labels" in inspect.signature(self.fn).parameters:
-            kwargs["labels"] = self.labels
-        result = self.fn(x, self.dataset, **kwargs)
+        result = score(self.fn, x, self.dataset, self.options, labels=self.labels)
         record = {
             "step": model.step, "event": "eval", "metric": self.metric,
             "values": {k: float(v) for k, v in result.values.items()},
@@ -295,9 +164,6 @@ class Watch:
 
 def watch(s, ds) -> Watch:
     """The evaluations and stop criteria of resolved TrainSettings ``s`` on dataset ``ds``."""
-    from ddpmctl import pipeline, registry
-    from ddpmctl.errors import ConfigError
-
     threshold = Threshold.parse(s.until_metric) if s.until_metric else None
     criteria = Criteria(s.until_loss or None, threshold, s.max_time or None)
     metric = s.eval_metric
@@ -310,7 +176,7 @@ def watch(s, ds) -> Watch:
         raise ConfigError(f"until_metric {threshold} needs evaluations; set eval_every to a number of steps (--eval-every N).")
     if not every:
         return Watch(0, None, criteria)
-    metric = metric or pipeline.default_metric(ds.kind, ds.shape)
+    metric = metric or default_metric(ds.kind, ds.shape)
     fn, opts = registry.resolve("metric", metric, s.eval_options)
     registry.validate_options("sampler", s.eval_sampler, None)
     labels = eval_labels(ds.y, s.eval_n) if s.cond == "class" else None
@@ -320,8 +186,6 @@ def watch(s, ds) -> Watch:
 
 def check_threshold(threshold: Optional[Threshold], record: dict) -> None:
     """After the first evaluation: the value ``until_metric`` names must be one the metric reports."""
-    from ddpmctl.errors import ConfigError
-
     if threshold is None or not record.get("values"):
         return
     if threshold.key(record["metric"], record["values"]) is None:
@@ -339,8 +203,6 @@ def samples_path(run_path: Path, step: int) -> Path:
 
 def save_samples(run_path: Path, step: int, x: torch.Tensor, labels: Optional[torch.Tensor], kind: str) -> Path:
     """The evaluation's samples: all points, or STRIP_IMAGES of the images as uint8 pixels."""
-    from ddpmctl.checkpoint import atomic_write_bytes
-
     if kind == "images":  # evenly spaced: every class of a conditional model (labels come in blocks)
         pick = torch.linspace(0, len(x) - 1, min(STRIP_IMAGES, len(x))).round().long()
         x = to_uint8(x[pick])
@@ -362,7 +224,7 @@ def load_samples(path: Path) -> torch.Tensor:
 def write_plots(run) -> list[Path]:
     """RUN/loss.png, and when there are evaluations RUN/convergence.png (loss and quality against
     steps and wall time) and RUN/samples-over-training.png (the fixed-seed samples of the evaluations)."""
-    from ddpmctl import plots
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
     records = run.metrics()
     if not records:
@@ -371,12 +233,13 @@ def write_plots(run) -> list[Path]:
     if not eval_records(records):
         return out
     evals = [r for r in eval_records(records) if samples_path(run.path, r["step"]).is_file()]
-    cfg = run.record["config"]
+    record = run.record
+    cfg = record.config
     lines = {}
-    if cfg.get("until_metric"):
-        lines["metric"] = Threshold.parse(cfg["until_metric"])
-    if cfg.get("until_loss"):
-        lines["loss"] = cfg["until_loss"]
+    if cfg.until_metric:
+        lines["metric"] = Threshold.parse(cfg.until_metric)
+    if cfg.until_loss:
+        lines["loss"] = cfg.until_loss
     key = primary_key(records)
     if "metric" in lines:
         key = threshold_key(records, lines["metric"]) or key
@@ -386,10 +249,10 @@ def write_plots(run) -> list[Path]:
         picks = [evals[round(i * (len(evals) - 1) / (STRIP_ROWS - 1))] for i in range(STRIP_ROWS)] if len(evals) > STRIP_ROWS else evals
         picks = list({r["step"]: r for r in picks}.values())
         frames = [(f"step {r['step']}\n{key} {r['values'].get(key, math.nan):.3g}", load_samples(samples_path(run.path, r["step"]))) for r in picks]
-        kind = run.record["data"]["kind"]
+        kind = record.data.kind
         title = f"{run.path.name}: fixed-seed samples ({picks[0]['sampler']}, {picks[0]['steps']} steps) over training"
         if kind == "points":
-            absmax = run.record["data"].get("absmax") or 4.0
+            absmax = record.data.absmax or 4.0
             out.append(plots.panels_2d(frames, run.path / "samples-over-training.png", title=title, lim=(-1.3 * absmax, 1.3 * absmax)))
         else:
             out.append(plots.image_rows(frames, run.path / "samples-over-training.png", title=title))

@@ -14,11 +14,13 @@ from typing import Callable, Optional
 import torch
 
 from ddpmctl import __version__, registry
+from ddpmctl.checkpoint import split
 from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.devices import channels_last_pays, pick_device
 from ddpmctl.errors import DataError, DdpmctlError, UnknownNameError
+from ddpmctl.record import DataInfo, PluginInfo, RunRecord
 from ddpmctl.run import RunDir
 from ddpmctl.samplers.base import randn
 from ddpmctl.schedules import Schedule
@@ -50,29 +52,29 @@ def default_metric(kind: str, shape) -> str:
     raise UnknownNameError(f"no image metric is installed (looked for classifier-fid and fid; known: {', '.join(known)}); pass --metric NAME.")
 
 
-def plugin_record(s: TrainSettings) -> dict[str, dict]:
+def plugin_record(s: TrainSettings) -> dict[str, PluginInfo]:
     out = {}
     for kind, name in (("dataset", s.data), ("network", s.network), ("schedule", s.schedule)):
         e = registry.entry(kind, name)
-        out[kind] = {"name": name, "dist": e.dist, "version": e.version}
+        out[kind] = PluginInfo(name, e.dist, e.version)
     return out
 
 
-def build_network(s: dict, data_shape, num_classes: int) -> torch.nn.Module:
-    conditional = s["cond"] == "class"
-    extra = {"out_mult": 2} if s.get("learn_sigma") else {}  # learned variance: twice the channels
+def build_network(s: TrainSettings, data_shape, num_classes: int) -> torch.nn.Module:
+    """The network of resolved settings ``s`` for data of ``data_shape`` with ``num_classes`` classes."""
+    extra = {"out_mult": 2} if s.learn_sigma else {}  # learned variance: twice the channels
     return registry.build(
         "network",
-        s["network"],
-        s["network_options"],
+        s.network,
+        s.network_options,
         data_shape=tuple(data_shape),
-        num_classes=num_classes if conditional else 0,
+        num_classes=num_classes if s.cond == "class" else 0,
         **extra,
     )
 
 
-def build_schedule(s: dict) -> Schedule:
-    return registry.build("schedule", s["schedule"], s["schedule_options"])
+def build_schedule(s: TrainSettings) -> Schedule:
+    return registry.build("schedule", s.schedule, s.schedule_options)
 
 
 def run_name(s: TrainSettings) -> str:
@@ -81,11 +83,11 @@ def run_name(s: TrainSettings) -> str:
 
 @dataclass
 class Model:
-    """A trained model loaded from a run directory (EMA weights), ready to sample."""
+    """A trained model (its EMA weights) and its run record, ready to sample. ``run`` is None
+    for a model that lives only in memory (the evaluations during training, benchmarks)."""
 
-    run: RunDir
-    config: dict
-    data: dict
+    run: Optional[RunDir]
+    record: RunRecord
     net: torch.nn.Module
     schedule: Schedule
     step: int
@@ -94,17 +96,25 @@ class Model:
     changes: list[str] = field(default_factory=list)  # provenance: what differs from when the checkpoint was written
 
     @property
+    def config(self) -> TrainSettings:
+        return self.record.config
+
+    @property
+    def data(self) -> DataInfo:
+        return self.record.data
+
+    @property
     def num_classes(self) -> int:
-        return self.data["num_classes"] if self.config["cond"] == "class" else 0
+        return self.record.num_classes
 
     def default_clip(self) -> float | None:
         """Where x0_hat is clamped unless asked otherwise: [-1, 1] for images (as DDPM's
         clip_denoised), 1.25 x the largest |coordinate| of the training data for 2-D points.
         Near t = T an eps-prediction error is multiplied by 1 / sqrt(alpha_bar_t) (about 160
         for the linear schedule), so an unclamped x0_hat can land far outside the data."""
-        if self.data["kind"] == "images":
+        if self.data.kind == "images":
             return 1.0
-        absmax = self.data.get("absmax")
+        absmax = self.data.absmax
         return round(1.25 * absmax, 3) if absmax else None
 
     def resolve_clip(self, clip_x0: float | None) -> float | None:
@@ -115,11 +125,11 @@ class Model:
 
     def denoiser(self, guidance: float = 1.0, clip_x0: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
         """A denoiser of this model; ``clip_x0`` as in ``resolve_clip``."""
-        return Denoiser(self.net, self.schedule, self.config["prediction"], self.num_classes, guidance, self.resolve_clip(clip_x0), dynamic_threshold)
+        return Denoiser(self.net, self.schedule, self.config.prediction, self.num_classes, guidance, self.resolve_clip(clip_x0), dynamic_threshold)
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            self._dataset = build_dataset(self.config["data"], self.config["data_options"])
+            self._dataset = build_dataset(self.config.data, self.config.data_options)
         return self._dataset
 
 
@@ -129,19 +139,16 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
     batch, then faster)."""
     run = RunDir.open(path)
     record = run.record
-    cfg, data = record["config"], record["data"]
     dev = pick_device(device)
-    net = build_network(cfg, data["shape"], data["num_classes"])
+    net = build_network(record.config, record.data.shape, record.data.num_classes)
     tensors, meta, _, _ = run.load_checkpoint(checkpoint)
-    from ddpmctl.checkpoint import split
-
     net.load_state_dict(split(tensors, "ema"))
     net = net.to(dev).eval().requires_grad_(False)
-    if len(data["shape"]) == 3 and channels_last_pays(dev, training=False):
+    if record.data.kind == "images" and channels_last_pays(dev, training=False):
         net = net.to(memory_format=torch.channels_last)
     if compile:
         net = torch.compile(net)
-    return Model(run, cfg, data, net, build_schedule(cfg), int(meta["step"]), dev, changes=provenance_changes(meta))
+    return Model(run, record, net, build_schedule(record.config), int(meta["step"]), dev, changes=provenance_changes(meta))
 
 
 def provenance_changes(meta: dict) -> list[str]:
@@ -200,7 +207,7 @@ def sample(
         gens = block_generators(seed, start, b, model.device)
         # Each block generator yields whole blocks; a last partial block uses its first rows.
         pad = len(gens) * NOISE_BLOCK - b
-        x_T = randn((b + pad, *model.data["shape"]), gens, model.device)
+        x_T = randn((b + pad, *model.data.shape), gens, model.device)
         y = None
         if labels is not None:
             y = labels[start : start + b].to(model.device)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ddpmctl import checkpoint
 from ddpmctl.errors import CheckpointError, RunError
+from ddpmctl.record import RunRecord
 
 _CKPT = re.compile(r"^step-(\d+)\.safetensors$")
 
@@ -26,12 +27,12 @@ class RunDir:
 
     # -- creation and opening -------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, record: dict) -> "RunDir":
+    def create(cls, path: Path, record: RunRecord) -> "RunDir":
         run = cls(path)
         if (run.path / "config.json").exists():
             raise RunError(f"run directory {run.path} already exists; pass --resume {run.path} to continue it or choose another --name.")
         run.path.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_bytes(run.path / "config.json", json.dumps(record, indent=2).encode())
+        run.write_record(record)
         return run
 
     @classmethod
@@ -44,14 +45,17 @@ class RunDir:
         return run
 
     @property
-    def record(self) -> dict:
+    def record(self) -> RunRecord:
+        """config.json, typed: the resolved settings, the data, the plugins and versions."""
+        path = self.path / "config.json"
         try:
-            return json.loads((self.path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunError(f"{self.path / 'config.json'} is unreadable ({exc}).") from None
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunError(f"{path} is unreadable ({exc}).") from None
+        return RunRecord.from_json(raw, str(path))
 
-    def write_record(self, record: dict) -> None:
-        checkpoint.atomic_write_bytes(self.path / "config.json", json.dumps(record, indent=2).encode())
+    def write_record(self, record: RunRecord) -> None:
+        checkpoint.atomic_write_bytes(self.path / "config.json", json.dumps(record.to_json(), indent=2).encode())
 
     # -- checkpoints ------------------------------------------------------------------------
     @property

@@ -9,7 +9,8 @@ import json
 import pytest
 from PIL import Image
 
-from ddpmctl.convergence import Criteria, Threshold, curve, first_crossing, parse_duration, smoothed
+from ddpmctl.convergence import curve, first_crossing
+from ddpmctl.stopping import Criteria, Threshold, parse_duration, smoothed
 from ddpmctl.run import RunDir
 from tests.conftest import TINY, assert_ok, cli
 

@@ -25,9 +25,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ddpmctl import registry
+from ddpmctl.api import Run
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.cli.common import check_steps, console, load_run, parse_options
+from ddpmctl.cli.common import console, load_run, parse_options
+from ddpmctl.cli.render import Rich
 from ddpmctl.errors import NumericalError, OptionsError
+from ddpmctl.metrics.base import score
 from ddpmctl.pipeline import Model, default_metric, sample as draw, versions
 
 app = typer.Typer(help="Benchmark samplers (quality) and the default networks (speed).", no_args_is_help=True)
@@ -40,14 +43,14 @@ def _names(text: str, what: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _steps(text: str, T: int) -> list[int]:
+def _steps(text: str, run: Run) -> list[int]:
     try:
         steps = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
         raise OptionsError(f"--steps must be integers separated by commas, like 5,10,20; got {text!r}.") from None
     if not steps or steps[0] < 1:
         raise OptionsError(f"--steps must be positive integers, like 5,10,20; got {text!r}.")
-    check_steps(steps[-1], T)
+    run.check_steps(steps[-1])
     return steps
 
 
@@ -68,10 +71,11 @@ def quality(
     reference: Annotated[Optional[str], typer.Option(help="The yardstick row SAMPLER:STEPS, added if the grid lacks it, e.g. ddpm:1000 (default: ddpm at its most steps).")] = None,
 ):
     """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
-    model = load_run(run, device)
+    run_ = load_run(run, device)
+    model = run_.model
     samplers = _names(sampler, "--sampler")
-    metrics = _names(metric, "--metric") if metric else [default_metric(model.data["kind"], model.data["shape"])]
-    step_list = _steps(steps, model.schedule.T)
+    metrics = _names(metric, "--metric") if metric else [default_metric(model.data.kind, model.data.shape)]
+    step_list = _steps(steps, run_)
     ref = _reference(reference, model.schedule.T) if reference else None
     opts = parse_options(option, kinds=tuple(dict.fromkeys(samplers + metrics)))
     grid = [(s, k) for s in samplers for k in step_list]
@@ -84,12 +88,11 @@ def quality(
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
 
     rows, floors, protocols = [], {}, {}
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("bench", total=len(grid))
-        for s, k in grid:
-            bar.update(task, description=f"{s}, {k} steps")
-            rows.append(_row(model, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols))
-            bar.advance(task)
+    with Rich(console) as events:
+        for i, (s, k) in enumerate(grid):
+            events.progress("bench", i, len(grid), f"{s}, {k} steps")
+            rows.append(_row(run_, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols, events))
+        events.progress("bench", len(grid), len(grid))
 
     keys = list(floors)
     _print_table(model, rows, keys, floors, n, ref)
@@ -104,7 +107,7 @@ def quality(
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest / f"{stem}.json", json.dumps(_json_safe(record), indent=2).encode())
     atomic_write_bytes(dest / f"{stem}.csv", _csv(rows, keys).encode())
-    from ddpmctl import plots
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
     plots.quality_vs_nfe(rows, keys, floors, dest / f"{stem}.png", title=f"{model.run.path.name} (step {model.step}): quality against NFE, n={n}")
     console.print(f"saved {dest / stem}.csv, .json, .png")
@@ -120,12 +123,12 @@ def result_stem(metrics, samplers, grid, opts, n, seed, guidance, clip, dyn) -> 
     return f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-def _row(model: Model, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn, batch_size, resolved, floors, protocols) -> dict:
+def _row(run: Run, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn, batch_size, resolved, floors, protocols, events) -> dict:
     """Sample with one sampler and step count, then score it; a sampler that diverges is a row with NaN."""
     row = {"sampler": s, "steps": k, "nfe": None, "seconds_per_sample": None, "clipped_values": None, "clipped_fraction": None, "error": ""}
     t0 = time.perf_counter()
     try:
-        x, rec = draw(model, n, s, k, seed, sampler_opts, batch_size=batch_size, labels=labels, guidance=guidance,
+        x, rec = draw(run.model, n, s, k, seed, sampler_opts, batch_size=batch_size, labels=labels, guidance=guidance,
                       clip_x0=clip, dynamic_threshold=dyn)
     except NumericalError as exc:
         row["error"] = str(exc)
@@ -133,7 +136,7 @@ def _row(model: Model, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn,
     row.update(nfe=rec["nfe"], seconds_per_sample=(time.perf_counter() - t0) / n,
                clipped_values=rec["clipped_values"], clipped_fraction=rec["clipped_fraction"])
     for name, fn, o in resolved:
-        result = fn(x, model.dataset(), **o.model_dump())
+        result = score(fn, x, run.dataset(), o.model_dump(), labels=labels, progress=events.metric_progress(name))
         for key, value in result.values.items():
             row[key] = float(value)
             floors.setdefault(key, float(result.floor.get(key, math.nan)))

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from ddpmctl.errors import ConfigError, OptionsError
+from ddpmctl.api import Run
+from ddpmctl.errors import ConfigError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -39,24 +40,10 @@ def parse_options(items: Optional[list[str]], kinds: tuple[str, ...] | None = No
     return out
 
 
-def existing_run(path: Path) -> Path:
-    from ddpmctl.run import RunDir
-
-    return RunDir.open(path).path
-
-
-def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None, compile: bool = False):
-    """Load a run's model for sampling, and say what changed since its checkpoint was written."""
-    from ddpmctl.pipeline import load_model
-
-    model = load_model(path, device, checkpoint, compile=compile)
-    if model.changes:
-        console.print(f"[yellow]note:[/yellow] checkpoint of step {model.step} was written with other software: "
-                      + "; ".join(model.changes) + ".", soft_wrap=True)
-    return model
-
-
-def check_steps(steps: int | None, T: int) -> None:
-    """A step count of sampling: at most the model's T training steps."""
-    if steps is not None and steps > T:
-        raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")
+def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None, compile: bool = False) -> Run:
+    """Load a run for sampling, and say what changed since its checkpoint was written."""
+    run = Run.load(path, device, checkpoint, compile=compile)
+    if run.model.changes:
+        console.print(f"[yellow]note:[/yellow] checkpoint of step {run.step} was written with other software: "
+                      + "; ".join(run.model.changes) + ".", soft_wrap=True)
+    return run

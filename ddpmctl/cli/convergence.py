@@ -14,7 +14,7 @@ from rich.table import Table
 from ddpmctl import convergence
 from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.cli.common import console
-from ddpmctl.convergence import Threshold
+from ddpmctl.stopping import LOSS_WINDOW, Threshold
 from ddpmctl.errors import OptionsError, RunError
 from ddpmctl.run import RunDir
 
@@ -37,7 +37,7 @@ def compare(
 ):
     """Overlay the loss and quality curves of several runs (against steps and wall time) and tabulate
     final loss, final quality, and the steps and wall time each took to reach --quality."""
-    from ddpmctl import plots
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
     threshold = None
     if quality is not None:
@@ -76,7 +76,7 @@ def compare(
     if threshold is not None:
         lines = {"loss": threshold.value} if threshold.name == "loss" else {"metric": threshold}
     title = "loss" + (f" and {key}" if key else "") + " during training: " + ", ".join(labels)
-    png = plots.convergence(list(zip(labels, records)), key, out, title=title, lines=lines, window=convergence.LOSS_WINDOW)
+    png = plots.convergence(list(zip(labels, records)), key, out, title=title, lines=lines, window=LOSS_WINDOW)
     atomic_write_bytes(out.with_suffix(".json"), json.dumps({"quality": str(threshold) if threshold else None, "metric": key, "runs": rows}, indent=2).encode())
     console.print(f"plot: {png}\ntable: {out.with_suffix('.json')}")
 
@@ -121,5 +121,5 @@ def _print_table(rows: list[dict], key: Optional[str], threshold: Optional[Thres
             hit = r["reached"]
             cells += [str(hit["step"]), _fmt(hit["time"], ".1f")] if hit else ["not reached", "-"]
         table.add_row(*cells)
-    table.caption = f"smoothed loss: the mean of the last {convergence.LOSS_WINDOW} logged losses; wall time includes the evaluations"
+    table.caption = f"smoothed loss: the mean of the last {LOSS_WINDOW} logged losses; wall time includes the evaluations"
     console.print(table)

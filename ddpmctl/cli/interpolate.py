@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from ddpmctl.cli.common import check_steps, console, load_run
+from ddpmctl.cli.common import console, load_run
 from ddpmctl.errors import OptionsError
 from ddpmctl.interpolation import encode, interpolate as walk
 from ddpmctl.pipeline import Model
@@ -38,15 +38,15 @@ def interpolate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Interpolate between two seeds (slerp of x_T) or two real examples (DDIM inversion, slerp, decode)."""
-    model = load_run(run, device)
-    T = model.schedule.T
-    check_steps(steps, T)
+    run_ = load_run(run, device)
+    run_.check_steps(steps)
+    model = run_.model
     if spacing not in ("uniform", "quadratic"):
         raise OptionsError(f"unknown --spacing {spacing!r}; use uniform or quadratic.")
     y1 = _label(model, class_)
     den = model.denoiser(clip_x0=clip)
-    shape = tuple(model.data["shape"])
-    points = model.data["kind"] == "points"
+    shape = model.data.shape
+    points = model.data.kind == "points"
     dest = model.run.path / "interpolate"
 
     real = None
@@ -73,7 +73,7 @@ def interpolate(
 
     x = walk(den, z0, z1, frames, steps, y, spacing).float().cpu()  # (K, B, *shape)
     path = out or dest / f"{stem}.png"
-    from ddpmctl import plots
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
     if points:
         data = model.dataset().fresh(2000, 0)[0]

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import torch
 import typer
 from rich.progress import Progress
 
-from ddpmctl import registry
-from ddpmctl.cli.common import check_steps, console, load_run, parse_options
-from ddpmctl.errors import OptionsError
+from ddpmctl.api import Run
+from ddpmctl.cli.common import console, load_run, parse_options
+from ddpmctl.cli.render import Rich
 from ddpmctl.datasets.base import to_uint8
+from ddpmctl.errors import OptionsError
 from ddpmctl.export import check_target, write as write_export
-from ddpmctl.pipeline import Model, sample as draw
+from ddpmctl.pipeline import versions
+from ddpmctl.samples import Samples
 
 
 def sample(
@@ -40,107 +40,42 @@ def sample(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Run the network through torch.compile: a slow first batch, then faster ones (worth it for many steps).")] = False,
 ):
     """Sample from a run's EMA weights; writes samples (.npz) and a PNG of them over the data."""
-    model = load_run(run, device, compile=compile)
-    check_steps(steps, model.schedule.T)
-    images = model.data["kind"] == "images"
+    run_ = load_run(run, device, compile=compile)
+    run_.check_steps(steps)
+    images = run_.data.kind == "images"
     if export is not None:
         check_target(export)
         if not images:
-            raise OptionsError(f"--export writes image files, but {model.run.path} is a model of 2-D points; use the .npz that `ddpmctl sample` writes.")
-    if per_class is not None:
-        if model.num_classes == 0:
-            raise OptionsError(f"--per-class needs a class-conditional model, but {model.run.path} was trained without --cond class; use --n, or train with --cond class.")
-        if n is not None:
-            raise OptionsError("--n and --per-class both set the number of samples; pass only one of them.")
-        labels = torch.tensor(_chosen(model, classes)).repeat_interleave(per_class)  # K of each class, in blocks
-        n = len(labels)
-    n = n or (64 if images else 2000)
-    batch_size = batch_size or (256 if images else 2048)
-    if per_class is None:
-        labels = _labels(model, classes, guidance, n)
-    sampler_opts = parse_options(option)
-    registry.validate_options("sampler", sampler, sampler_opts)
-    out = out or model.run.path / "samples"
-    stem = f"{sampler}-{steps or model.schedule.T}steps-seed{seed}" + _label_stem(classes, guidance, labels)
+            raise OptionsError(f"--export writes image files, but {run_.path} is a model of 2-D points; use the .npz that `ddpmctl sample` writes.")
+    with Rich(console) as events:
+        drawn = run_.sample(n, sampler, steps, seed, classes, guidance, per_class, clip=clip, dynamic_threshold=dynamic_threshold,
+                            options=parse_options(option), batch_size=batch_size, trajectory=trajectory, events=events)
+    stem = f"{sampler}-{steps or run_.model.schedule.T}steps-seed{seed}" + _label_stem(classes, guidance, drawn.labels)
     stem += f"-{per_class}perclass" if per_class else ""
-
-    frames: list[tuple[str, torch.Tensor]] = []
-    keep_every = None
-
-    def record(i, S, t, x_t, x0_hat):
-        nonlocal keep_every
-        keep_every = keep_every or max(1, S // 40)
-        if i == 1 or i % keep_every == 0 or i == S:
-            frames.append((f"t = {t}" if i < S else "t = 0 (x_0)", (x_t[:8] if images else x_t).float().cpu()))
-
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"sampling {n} with {sampler}", total=n)
-        x, rec = draw(model, n, sampler, steps, seed, sampler_opts, batch_size, labels=labels, guidance=guidance,
-                      clip_x0=clip, dynamic_threshold=dynamic_threshold, callback=record if trajectory else None, on_batch=lambda b: bar.advance(task, b))
-
-    out.mkdir(parents=True, exist_ok=True)
-    npz = out / f"{stem}.npz"
-    if images:  # uint8 pixels, (N, C, H, W), as the data: round((x + 1) * 127.5)
-        rec = {**rec, "format": "uint8 NCHW, x = pixel / 127.5 - 1", "classes": None if labels is None else sorted(set(labels.tolist()))}
-        extra = {} if labels is None else {"labels": labels.numpy()}
-        np.savez(npz, samples=to_uint8(x).numpy(), record=json.dumps(rec), **extra)
-    else:
-        np.savez(npz, samples=x.numpy(), record=json.dumps(rec))
-    console.print(f"samples: {npz}  ({rec['nfe']} network evaluations per sample)")
+    out = out or run_.path / "samples"
+    npz = drawn.save(out / f"{stem}.npz")
+    console.print(f"samples: {npz}  ({drawn.record['nfe']} network evaluations per sample)")
     if export is not None:
-        _export(model, x, labels, rec, export, per_class)
-    _pictures(model, x, frames, out, stem)
+        _export(run_, drawn, export, per_class)
     if images:
-        _image_pictures(x, labels, frames, out, stem, grid)
+        _image_pictures(drawn, out, stem, grid)
+    else:
+        _pictures(run_, drawn, out, stem)
 
 
-def _labels(model: Model, classes: Optional[list[str]], guidance: float, n: int) -> Optional[torch.Tensor]:
-    """The label of each sample: the requested classes in equal contiguous blocks; without --class,
-    None (the null label: unconditional) or, with --guidance, all classes."""
-    k = model.num_classes
-    if k == 0:
-        if classes:
-            raise OptionsError(f"--class needs a class-conditional model, but {model.run.path} was trained without --cond class; drop --class or train with --cond class.")
-        if guidance != 1.0:
-            raise OptionsError(f"--guidance needs a class-conditional model, but {model.run.path} was trained without --cond class; drop --guidance or train with --cond class.")
-        return None
-    if not classes and guidance == 1.0:
-        return None
-    chosen = _chosen(model, classes)
-    per = torch.arange(n) * len(chosen) // n  # sample i gets class chosen[i * K // n]
-    return torch.tensor(chosen)[per]
-
-
-def _chosen(model: Model, classes: Optional[list[str]]) -> list[int]:
-    """The classes of --class (repeatable or comma lists), checked; all of the model's without it."""
-    k = model.num_classes
-    chosen: list[int] = []
-    for item in classes or [str(c) for c in range(k)]:
-        for part in item.replace(" ", "").split(","):
-            if not part:
-                continue
-            if not part.lstrip("-").isdigit() or not 0 <= int(part) < k:
-                raise OptionsError(f"--class {part} is not a class of this model; use classes 0 to {k - 1}.")
-            chosen.append(int(part))
-    if not chosen:
-        raise OptionsError(f"--class was given no class; use classes 0 to {k - 1}, e.g. --class 7 or --class 1,2.")
-    return chosen
-
-
-def _export(model: Model, x: torch.Tensor, labels, rec: dict, folder: Path, per_class: Optional[int]) -> None:
+def _export(run: Run, drawn: Samples, folder: Path, per_class: Optional[int]) -> None:
     """The samples as a labelled image folder with a manifest of how they were drawn."""
-    from ddpmctl.pipeline import versions
-
-    cfg = model.config
+    cfg, rec = run.config, drawn.record
     manifest = {
-        "run": str(model.run.path.resolve()), "model": {k: cfg.get(k) for k in ("data", "data_options", "network", "cond", "prediction")},
-        "checkpoint_step": model.step, "sampler": rec["sampler"], "steps": rec["steps"], "seed": rec["seed"],
+        "run": str(run.path.resolve()), "model": {k: getattr(cfg, k) for k in ("data", "data_options", "network", "cond", "prediction")},
+        "checkpoint_step": run.step, "sampler": rec["sampler"], "steps": rec["steps"], "seed": rec["seed"],
         "seeds": f"image <index> draws its noise from torch.Generator().manual_seed({rec['seed']} * 1000003 + index // 16) (ddpmctl.pipeline.block_generators)",
         "guidance": rec["guidance"], "per_class": per_class, "sampling": rec, "versions": versions(),
     }
+    x, labels = drawn.x, drawn.labels
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"writing {len(x)} PNGs", total=len(x))
-        path = write_export(folder, to_uint8(x), labels, model.num_classes, manifest, on_image=lambda k: bar.advance(task, k))
+        path = write_export(folder, to_uint8(x), labels, run.num_classes, manifest, on_image=lambda k: bar.advance(task, k))
     what = f"{len(x)} images" + ("" if labels is None else f" in {len(set(labels.tolist()))} class folders")
     console.print(f"export: {folder} ({what}; {path.name})")
 
@@ -154,10 +89,11 @@ def _label_stem(classes, guidance: float, labels) -> str:
     return stem
 
 
-def _image_pictures(x: torch.Tensor, labels, frames, out: Path, stem: str, grid: Optional[Path]) -> None:
+def _image_pictures(drawn: Samples, out: Path, stem: str, grid: Optional[Path]) -> None:
     """A PNG grid of the samples (one row per class block when they fit), and of the trajectory."""
-    from ddpmctl import plots
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
+    x, labels, frames = drawn.x, drawn.labels, drawn.trajectory
     shown = x[:400]
     nrow = None
     if labels is not None:
@@ -174,18 +110,19 @@ def _image_pictures(x: torch.Tensor, labels, frames, out: Path, stem: str, grid:
         console.print(f"trajectory ({', '.join(label for label, _ in picks)}): {png}")
 
 
-def _pictures(model: Model, x: torch.Tensor, frames, out: Path, stem: str) -> None:
-    from ddpmctl import plots
+def _pictures(run: Run, drawn: Samples, out: Path, stem: str) -> None:
+    """2-D samples over fresh data, and the trajectory as panels and a GIF."""
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
-    if model.data["kind"] == "points":
-        data = model.dataset().fresh(len(x), 0)[0]
-        png = plots.scatter_2d(x, data, out / f"{stem}.png", title=f"{model.run.path.name}: {stem}")
-        console.print(f"plot: {png}")
-        if frames:
-            lim = (-float(data.abs().max()) * 1.3, float(data.abs().max()) * 1.3)
-            picks = [frames[round(i * (len(frames) - 1) / 7)] for i in range(8)]  # picks[0] is frames[0]
-            picks[0] = ("x_T", picks[0][1])
-            grid = plots.panels_2d(picks, out / f"{stem}-trajectory.png",
-                                   title="reverse process: x_t from noise to data", lim=lim)
-            gif = plots.gif_2d(frames, out / f"{stem}-trajectory.gif", lim=lim)
-            console.print(f"trajectory: {grid}, {gif}")
+    x, frames = drawn.x, drawn.trajectory
+    data = run.dataset().fresh(len(x), 0)[0]
+    png = plots.scatter_2d(x, data, out / f"{stem}.png", title=f"{run.path.name}: {stem}")
+    console.print(f"plot: {png}")
+    if frames:
+        lim = (-float(data.abs().max()) * 1.3, float(data.abs().max()) * 1.3)
+        picks = [frames[round(i * (len(frames) - 1) / 7)] for i in range(8)]  # picks[0] is frames[0]
+        picks[0] = ("x_T", picks[0][1])
+        grid = plots.panels_2d(picks, out / f"{stem}-trajectory.png",
+                               title="reverse process: x_t from noise to data", lim=lim)
+        gif = plots.gif_2d(frames, out / f"{stem}-trajectory.gif", lim=lim)
+        console.print(f"trajectory: {grid}, {gif}")

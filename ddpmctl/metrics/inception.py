@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ddpmctl.devices import pick_device
 from ddpmctl.errors import DataError
+from ddpmctl.metrics.base import Progress
 
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + PYTORCH_FID_FILE
@@ -43,7 +44,6 @@ FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # published in fid
 SIZE = 299
 RESIZE = "bilinear to 299x299 (torch.nn.functional.interpolate, align_corners=False, no antialias), as pytorch-fid"
 
-Progress = Optional[Callable[[str, int, int], None]]  # progress(what, done, total)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,220 @@
+"""The Python API: train, load, sample and evaluate from a script or a notebook.
+
+    import ddpmctl
+
+    run = ddpmctl.train(data="spiral", steps=2000, name="spiral")       # -> Run (runs/spiral)
+    run = ddpmctl.Run.load("runs/spiral")
+    s = run.sample(n=2000, sampler="dpm-solver++", steps=20, seed=0)    # -> Samples (x, labels, record)
+    ev = run.evaluate(["wasserstein"], n=2000, sampler="ddim", steps=50) # -> Evaluation
+    ev.results["wasserstein"].values, ev.results["wasserstein"].floor
+    ds = ddpmctl.load_dataset("spiral", n=5000)                          # -> Dataset (x, y, fresh draws)
+
+Every `ddpmctl` command is a thin face over these functions. Long work reports through an
+``events.Events`` object (nothing is printed unless you pass one, such as ``events.Printer()``).
+Settings are those of `ddpmctl train` (docs/config.md), given as keyword arguments; plugin
+options as ``data_options``, ``network_options``, ... dictionaries, or ``digits="0"`` for the
+digit subset of MNIST-like data.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ddpmctl import registry
+from ddpmctl.checkpoint import atomic_write_bytes
+from ddpmctl.datasets.base import Dataset
+from ddpmctl.errors import OptionsError
+from ddpmctl.events import Events
+from ddpmctl.metrics.base import MetricResult, score
+from ddpmctl.pipeline import Model, build_dataset, load_model, sample as draw
+from ddpmctl.record import DataInfo
+from ddpmctl.samples import Samples
+from ddpmctl.session import Session
+
+PathLike = Union[str, Path]
+Classes = Union[None, int, str, Sequence[Union[int, str]]]
+
+
+def train(*, config: Optional[PathLike] = None, resume: Optional[PathLike] = None, events: Optional[Events] = None,
+          stop: Callable[[], bool] = lambda: False, digits: Optional[str] = None, **settings) -> "Run":
+    """Train a model as `ddpmctl train` does and return the finished run.
+
+    ``settings`` are TrainSettings fields (``data``, ``steps``, ``network_options``, ...; see
+    docs/config.md), laid over the defaults, the TOML ``config`` file and DDPMCTL_* variables.
+    ``resume`` continues a run directory (only settings in config.RESUMABLE may change).
+    ``stop()`` is polled every step: return True to end early with a checkpoint."""
+    if digits is not None:
+        settings["data_options"] = {**settings.get("data_options", {}), "digits": digits}
+    session = Session.prepare(settings, Path(config) if config else None, Path(resume) if resume else None, events)
+    outcome = session.run(stop=stop)
+    return Run.load(outcome.run, device=str(session.device))
+
+
+def load_dataset(name: str, **options) -> Dataset:
+    """A dataset plugin by name with its options, e.g. ``load_dataset("mnist16", digits="0")``."""
+    registry.validate_options("dataset", name, options)
+    return build_dataset(name, options)
+
+
+@dataclass
+class Evaluation:
+    """The metrics of one set of samples: ``results[name]`` is a MetricResult (values, floor, protocol)."""
+
+    results: dict[str, MetricResult]
+    samples: Samples
+    run: Path
+    step: int
+
+    def save(self, folder: Optional[PathLike] = None) -> list[Path]:
+        """One JSON per metric in ``folder`` (default RUN/eval), as `ddpmctl eval` writes them."""
+        folder = Path(folder) if folder else self.run / "eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        rec, out = self.samples.record, []
+        for name, result in self.results.items():
+            path = folder / f"{name}-{rec['sampler']}-{rec['steps']}steps-n{len(self.samples)}.json"
+            atomic_write_bytes(path, json.dumps({**result.to_dict(), "sampling": rec, "run": str(self.run)}, indent=2).encode())
+            out.append(path)
+        return out
+
+
+class Run:
+    """A trained run: its typed record and its model (the EMA weights of its last good checkpoint)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    @classmethod
+    def load(cls, path: PathLike, device: str = "auto", checkpoint: Optional[PathLike] = None, compile: bool = False) -> "Run":
+        """Open a run directory (any written by ddpmctl, older versions included)."""
+        return cls(load_model(Path(path), device, Path(checkpoint) if checkpoint else None, compile=compile))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, step={self.step}, data={self.config.data!r}, network={self.config.network!r})"
+
+    path = property(lambda self: self.model.run.path, doc="the run directory")
+    record = property(lambda self: self.model.record, doc="the typed config.json: RunRecord")
+    config = property(lambda self: self.model.record.config, doc="the resolved TrainSettings")
+    data: DataInfo = property(lambda self: self.model.record.data, doc="shape, classes and kind of the training data")
+    step = property(lambda self: self.model.step, doc="the training step of the loaded weights")
+    num_classes = property(lambda self: self.model.num_classes, doc="classes of a conditional model, else 0")
+
+    def metrics(self) -> list[dict]:
+        """The records of metrics.jsonl: losses, evaluations during training, skipped steps."""
+        return self.model.run.metrics()
+
+    def dataset(self) -> Dataset:
+        return self.model.dataset()
+
+    # -- sampling -------------------------------------------------------------------------------
+    def labels(self, n: int, classes: Classes = None, guidance: float = 1.0, per_class: Optional[int] = None) -> Optional[torch.Tensor]:
+        """The label of each of ``n`` samples: the requested classes in equal contiguous blocks,
+        or ``per_class`` of each; without classes, None (unconditional) or, with guidance, all classes."""
+        k = self.num_classes
+        if per_class is not None:
+            if k == 0:
+                raise OptionsError(f"--per-class needs a class-conditional model, but {self.path} was trained without --cond class; use --n, or train with --cond class.")
+            return torch.tensor(self._chosen(classes)).repeat_interleave(per_class)
+        if k == 0:
+            if classes not in (None, [], ()):
+                raise OptionsError(f"--class needs a class-conditional model, but {self.path} was trained without --cond class; drop --class or train with --cond class.")
+            if guidance != 1.0:
+                raise OptionsError(f"--guidance needs a class-conditional model, but {self.path} was trained without --cond class; drop --guidance or train with --cond class.")
+            return None
+        if classes in (None, [], ()) and guidance == 1.0:
+            return None
+        chosen = self._chosen(classes)
+        return torch.tensor(chosen)[torch.arange(n) * len(chosen) // n]  # sample i gets class chosen[i * K // n]
+
+    def _chosen(self, classes: Classes) -> list[int]:
+        """Classes as ints, lists or comma lists ("1,2"), checked; all of the model's without any."""
+        k = self.num_classes
+        items = [str(c) for c in range(k)] if classes in (None, [], ()) else [classes] if isinstance(classes, (int, str)) else list(classes)
+        chosen: list[int] = []
+        for item in items:
+            for part in str(item).replace(" ", "").split(","):
+                if not part:
+                    continue
+                if not part.lstrip("-").isdigit() or not 0 <= int(part) < k:
+                    raise OptionsError(f"--class {part} is not a class of this model; use classes 0 to {k - 1}.")
+                chosen.append(int(part))
+        if not chosen:
+            raise OptionsError(f"--class was given no class; use classes 0 to {k - 1}, e.g. --class 7 or --class 1,2.")
+        return chosen
+
+    def sample(self, n: Optional[int] = None, sampler: str = "ddpm", steps: Optional[int] = None, seed: int = 0,
+               classes: Classes = None, guidance: float = 1.0, per_class: Optional[int] = None, labels: Optional[torch.Tensor] = None,
+               clip: Optional[float] = None, dynamic_threshold: Optional[float] = None, options: Optional[dict] = None,
+               batch_size: Optional[int] = None, trajectory: bool = False, events: Optional[Events] = None) -> Samples:
+        """Draw samples (sample i depends only on (seed, i)); default n: 2000 points or 64 images.
+        ``trajectory`` keeps x_t of the first batch at about 40 steps in ``Samples.trajectory``."""
+        events = events or Events()
+        self.check_steps(steps)
+        images = self.data.kind == "images"
+        if labels is None:
+            labels = self.labels(n or (64 if images else 2000), classes, guidance, per_class)
+        if per_class is not None and n is not None:
+            raise OptionsError("--n and --per-class both set the number of samples; pass only one of them.")
+        n = len(labels) if per_class is not None else (n or (64 if images else 2000))
+        registry.validate_options("sampler", sampler, options)
+        frames: list[tuple[str, torch.Tensor]] = []
+
+        def keep(i, S, t, x_t, x0_hat):  # x_t at about 40 steps of the first batch
+            every = max(1, S // 40)
+            if i == 1 or i % every == 0 or i == S:
+                frames.append((f"t = {t}" if i < S else "t = 0 (x_0)", (x_t[:8] if images else x_t).float().cpu()))
+
+        done = [0]
+
+        def advance(b):
+            done[0] += b
+            events.progress(f"sampling {n} with {sampler}", done[0], n)
+
+        events.progress(f"sampling {n} with {sampler}", 0, n)
+        x, rec = draw(self.model, n, sampler, steps, seed, options, batch_size or (256 if images else 2048), labels=labels,
+                      guidance=guidance, clip_x0=clip, dynamic_threshold=dynamic_threshold, callback=keep if trajectory else None, on_batch=advance)
+        return Samples(x, labels, rec, frames)
+
+    def check_steps(self, steps: Optional[int]) -> None:
+        """A step count of sampling: at most the model's T training steps."""
+        T = self.model.schedule.T
+        if steps is not None and steps > T:
+            raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")
+
+    # -- evaluating -----------------------------------------------------------------------------
+    def evaluate(self, metrics: Union[str, Sequence[str]] = "wasserstein", n: int = 2000, sampler: str = "ddpm",
+                 steps: Optional[int] = None, seed: int = 0, samples: Union[None, PathLike, Samples] = None,
+                 classes: Classes = None, guidance: float = 1.0, options: Optional[dict[str, dict]] = None,
+                 events: Optional[Events] = None) -> Evaluation:
+        """Score samples (drawn here, or ``samples``: a Samples, an .npz or an export folder)
+        against real data with metric plugins; each result carries its floor and protocol.
+        ``options`` maps a metric name to its options."""
+        events = events or Events()
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        self.check_steps(steps)
+        resolved = [(m, *registry.resolve("metric", m, (options or {}).get(m))) for m in names]  # every name checked first
+        if samples is None:
+            labels = self.labels(n, classes, guidance)
+            if labels is None and self.num_classes and any(takes(fn, "labels") for _, fn, _ in resolved):
+                labels = self.labels(n, list(range(self.num_classes)), guidance)  # every class
+            samples = self.sample(n, sampler, steps, seed, labels=labels, guidance=guidance, events=events)
+        elif not isinstance(samples, Samples):
+            samples = Samples.load(Path(samples))
+        rec, results = samples.record, {}
+        for name, fn, o in resolved:
+            png = self.path / "eval" / f"{name}-{rec['sampler']}-{rec['steps']}steps-n{len(samples)}.png"
+            if takes(fn, "png"):
+                png.parent.mkdir(parents=True, exist_ok=True)
+            results[name] = score(fn, samples.x, self.dataset(), o.model_dump(), labels=samples.labels,
+                                  progress=events.metric_progress(name), png=str(png))
+        return Evaluation(results, samples, self.path, self.step)
+
+
+def takes(fn: Callable, parameter: str) -> bool:
+    """Whether a metric plugin takes ``parameter``: ``labels`` (it scores samples by class), ``png``."""
+    return parameter in inspect.signature(fn).parameters

@@ -1,0 +1,276 @@
+"""A training session: settings -> a prepared run (new or resumed) -> the loop -> a stop record.
+
+    session = Session.prepare({"data": "spiral", "steps": 2000}, events=events)   # checks, builds, opens
+    outcome = session.run(stop=lambda: False)                                     # trains, writes stop.json
+
+``prepare`` does every check before anything is trained: names and options, the resume
+contract (a resumed run keeps every setting outside config.RESUMABLE, and its checkpoint must
+fit its network), the evaluations and stop criteria, and a first evaluation of a new run before
+its directory exists. ``run`` trains until the steps are done, a stop criterion is met or
+``stop()`` says so (the CLI's signal handler); it writes checkpoints, metrics.jsonl, the
+evaluations, plots and RUN/stop.json. Nothing here prints: it reports through ``events``.
+Under torchrun every process runs a session; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ddpmctl import convergence, distributed, registry
+from ddpmctl.checkpoint import atomic_write_bytes
+from ddpmctl.config import RESUMABLE, TrainSettings, load_settings
+from ddpmctl.datasets.base import Dataset
+from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_threads, use_bf16
+from ddpmctl.diffusion import DiffusionLoss, HybridLoss
+from ddpmctl.errors import ConfigError, DataError, RunError
+from ddpmctl.events import Events
+from ddpmctl.grids import preview
+from ddpmctl.pipeline import Model, build_dataset, build_network, build_schedule, plugin_record, provenance_changes, resolve, run_name, versions
+from ddpmctl.record import DataInfo, RunRecord
+from ddpmctl.run import RunDir
+from ddpmctl.schedules import Schedule
+from ddpmctl.training import Hooks, LoopConfig, TrainState, make_state, train as train_loop
+
+
+def loop_config(s: TrainSettings, batch_size: int, bf16: bool = False) -> LoopConfig:
+    """The training loop's settings from resolved ``s``; ``batch_size`` is this process's share."""
+    return LoopConfig(
+        steps=s.steps, batch_size=batch_size, lr=s.lr, bf16=bf16, warmup=s.warmup, lr_decay=s.lr_decay,
+        weight_decay=s.weight_decay, ema_decay=s.ema_decay, grad_clip=s.grad_clip,
+        log_every=s.log_every, checkpoint_every=s.checkpoint_every, skip_nonfinite=s.on_nonfinite == "skip",
+    )
+
+
+def objective(s: TrainSettings, ds: Dataset, schedule: Schedule) -> DiffusionLoss:
+    """The loss of resolved ``s``: L_simple (DDPM Algorithm 1), or the hybrid loss with a learned variance."""
+    p_uncond = s.p_uncond if (s.cond == "class" and ds.y is not None) else 0.0
+    if s.learn_sigma:  # t = 1 term of L_vlb: discretized for 8-bit images, a density for points
+        decoder = "discretized" if ds.kind == "images" else "gaussian"
+        return HybridLoss(schedule, s.prediction, p_uncond, ds.num_classes, s.vlb_weight, decoder)
+    return DiffusionLoss(schedule, s.prediction, p_uncond, ds.num_classes)
+
+
+def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None) -> tuple[TrainSettings, Optional[RunDir]]:
+    """Settings of a new run (defaults < TOML < env < ``flags``), or of ``resume``d run (its saved
+    config below those layers): a resumed run refuses any change outside config.RESUMABLE."""
+    if resume is None:
+        return load_settings(TrainSettings, config_file, **flags), None
+    run = RunDir.open(resume)
+    saved = run.record.config.model_dump(mode="json")
+    s = load_settings(TrainSettings, config_file, base=saved, **flags)
+    now = s.model_dump(mode="json")
+    diff = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
+    if diff:
+        what = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ConfigError(f"cannot resume {run.path} with a different config ({what}); drop those settings or start a new run with --name.")
+    return s, run
+
+
+@dataclass
+class Outcome:
+    """How a session ended: ``reason`` is steps, interrupted, until-loss, until-metric or max-time."""
+
+    run: Path
+    reason: str
+    step: int
+    steps: int
+    seconds: float  # this session's wall time, evaluations included
+    explanation: str  # which stop criterion was met, where ("no criterion met" otherwise)
+
+
+class Session:
+    """One process's part of training a run; build it with ``Session.prepare``."""
+
+    def __init__(self, s: TrainSettings, run: Optional[RunDir], ds: Dataset, world: distributed.World, device: torch.device, events: Events):
+        self.s, self.run_dir, self.ds, self.world, self.device, self.events = s, run, ds, world, device, events
+        self.watch = convergence.watch(s, ds)  # evaluations and stop criteria, checked before anything is trained
+        self.rank_batch = distributed.rank_batch(s.batch_size, world)  # the global batch, split among processes
+        self.device = distributed.init(world, device)  # joins the process group; cuda:LOCAL_RANK on CUDA
+        fast_math(self.device)
+        torch.manual_seed(s.seed)
+        self.net = build_network(s, ds.shape, ds.num_classes)
+        self.schedule = build_schedule(s)
+        self.loop = loop_config(s, self.rank_batch, use_bf16(s.precision, self.device))
+        channels_last = ds.kind == "images" and channels_last_pays(self.device, training=True)
+        self.state: TrainState = make_state(self.net, self.loop, self.device, s.seed, channels_last=channels_last, compile=s.compile)
+        self.record = RunRecord(s, DataInfo.of(ds), plugin_record(s), versions(), sum(p.numel() for p in self.net.parameters()))
+        self.first: Optional[tuple[dict, Optional[torch.Tensor]]] = None  # an evaluation made before training
+        self.offset = 0.0  # wall time of earlier sessions of this run
+        self.status, self.quality = "", ""  # what the progress shows: rate and loss, the latest evaluation
+
+    # -- preparing ------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None, events: Optional[Events] = None) -> "Session":
+        """Check everything, build the dataset, network and optimiser, and make or reopen the run
+        directory (restoring its last good checkpoint). Raises a DdpmctlError with one sentence
+        when anything does not fit, before a step is trained."""
+        s, run = settings(flags, config_file, resume)
+        if s.data_dir is not None:  # the setting (TOML, env or flag) is where datasets look
+            os.environ["DDPMCTL_DATA_DIR"] = str(s.data_dir)
+        # Names and options are checked before anything heavy is built.
+        registry.validate_options("dataset", s.data, s.data_options)
+        registry.validate_options("schedule", s.schedule, s.schedule_options)
+        if s.network is not None:
+            registry.validate_options("network", s.network, s.network_options)
+        world = distributed.world_from_env()  # torchrun: this process's rank; else one process
+        set_threads(s.threads, world.local_size)
+        device = pick_device(s.device)
+        ds = build_dataset(s.data, s.data_options)
+        s = resolve(s, ds)
+        registry.validate_options("network", s.network, s.network_options)
+        if s.cond == "class" and (ds.y is None or ds.num_classes == 0):
+            raise DataError(f"dataset {s.data!r} has no class labels, so --cond class cannot be used; drop --cond.")
+        session = cls(s, run, ds, world, device, events or Events())
+        session._open()
+        return session
+
+    def model(self) -> Model:
+        """The EMA weights now, as a model to sample (the evaluations score it)."""
+        return Model(self.run_dir, self.record, self.state.ema, self.schedule, self.state.step, self.device, _dataset=self.ds)
+
+    def _measure(self) -> tuple[dict, Optional[torch.Tensor]]:
+        return self.watch.evaluator(self.model())
+
+    def _open(self) -> None:
+        """Make the run directory (after a first evaluation that a metric unable to read this data
+        fails), or reopen it at its last good checkpoint; then replay its history into the stop criteria."""
+        main, run = self.world.main, self.run_dir
+        if self.watch.evaluator is not None and run is None and main:
+            self.first = self._measure()
+            convergence.check_threshold(self.watch.criteria.until_metric, self.first[0])
+        if run is not None and main:
+            run.remove_partial_writes()  # temporary files of a process killed mid-write
+        if run is None:  # rank 0 names and makes the run directory; the other ranks are told where it is
+            made = RunDir.create(self.s.runs_dir / run_name(self.s), self.record) if main else None
+            self.run_dir = RunDir(Path(distributed.broadcast_text(str(made.path) if made else None)))
+        elif not run.checkpoints():  # killed before its first checkpoint: start again from step 0
+            if main:
+                run.truncate_metrics(0)
+            self.events.note(f"resuming {run.path}: no checkpoint was written yet, starting from step 0")
+        else:
+            self._restore()
+        self._replay()
+
+    def _restore(self) -> None:
+        run, s = self.run_dir, self.s
+        tensors, meta, path, skipped = run.load_checkpoint()
+        for msg in skipped:
+            self.events.note(f"skipped a damaged checkpoint: {msg}", "warning")
+        if changes := provenance_changes(meta):
+            self.events.note(f"{path.name} was written with other software: " + "; ".join(changes) + ".", "warning")
+        saved = meta.get("config", {})
+        if saved.get("network_options") != s.network_options or saved.get("network") != s.network:
+            raise ConfigError(f"checkpoint {path} was made by a different network config; it cannot be resumed with this one.")
+        try:
+            self.state.restore(tensors, meta)
+        except (RuntimeError, KeyError) as exc:
+            raise ConfigError(f"checkpoint {path} does not fit the network of this config ({str(exc).splitlines()[0]}).") from None
+        if self.world.main:
+            run.truncate_metrics(self.state.step)
+            run.write_record(RunRecord(s, run.record.data, run.record.plugins, run.record.versions, run.record.parameters))
+        if self.state.step >= s.steps:
+            raise RunError(f"run {run.path} already reached step {self.state.step} of {s.steps}; pass a larger --steps to train further.")
+        self.events.note(f"resuming {run.path} from {path.name} (step {self.state.step})")
+
+    def _replay(self) -> None:
+        """Feed the run's history to the stop criteria; refuse a run that already met one."""
+        distributed.barrier()  # the other ranks read the history after rank 0 has cut it back
+        history = self.run_dir.metrics()
+        self.offset = max((r.get("time", 0.0) for r in history), default=0.0)
+        criteria = self.watch.criteria
+        for r in history:
+            criteria.on_record(r)
+        criteria.on_time(self.state.step, self.offset)
+        if criteria.reason:
+            raise RunError(f"run {self.run_dir.path} already met its stop criterion ({criteria.explain()}); change it, or turn it off with 0 or none, to train further.")
+        step = self.state.step
+        if self.watch.evaluator is not None and self.world.main and self.first is None and not any(r.get("event") == "eval" and r["step"] == step for r in history):
+            self.first = self._measure()
+            convergence.check_threshold(criteria.until_metric, self.first[0])
+
+    # -- training -------------------------------------------------------------------------------
+    def run(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
+        """Train to the end, a stop criterion, or until ``stop()`` is true; write RUN/stop.json."""
+        s, state, ds, run = self.s, self.state, self.ds, self.run_dir
+        x = ds.x.to(self.device)
+        y = ds.y.to(self.device) if (s.cond == "class" and ds.y is not None) else None
+        self.t0 = time.perf_counter()
+        self.start_step = state.step
+        self.stop_requested = False
+        self.events.progress("train", state.step, s.steps)
+        try:
+            if self.first is not None:
+                self._log_eval({**self.first[0], "time": round(self.offset, 3)}, self.first[1])
+            hooks = Hooks(log=self._log, checkpoint=self._save, progress=self._progress, stop=lambda: self._should_stop(stop))
+            why = train_loop(state, objective(s, ds, self.schedule), x, y, self.loop, hooks)
+            ended = time.perf_counter()  # before the plots
+        finally:
+            if self.world.main:
+                convergence.write_plots(run)
+            distributed.shutdown()
+        elapsed = ended - self.t0
+        criteria = self.watch.criteria
+        reason = "steps" if why == "done" else ("interrupted" if self.stop_requested else criteria.reason)
+        if self.world.main:
+            summary = criteria.summary(reason, state.step, self.offset + elapsed)
+            atomic_write_bytes(run.path / "stop.json", json.dumps(summary, indent=2).encode())
+        return Outcome(run.path, reason, state.step, s.steps, elapsed, criteria.explain())
+
+    def _now(self) -> float:
+        """The run's wall time: earlier sessions and this one."""
+        return round(self.offset + time.perf_counter() - self.t0, 3)
+
+    def _log(self, rec: dict) -> None:
+        rec = {**rec, "time": self._now()}
+        if self.world.main:
+            self.run_dir.log(rec)
+        self.watch.criteria.on_record(rec)
+        self.events.record(rec)
+        if rec.get("event") == "skipped":
+            self.events.note(f"step {rec['step']}: skipped ({rec['reason']}; {rec['skipped_total']} so far)", "warning")
+            return
+        rate = (rec["step"] - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
+        self.status = f"{rate:.0f} it/s  loss {rec['loss']:.4f}" + self.quality
+        self.events.progress("train", rec["step"], self.s.steps, self.status)
+
+    def _log_eval(self, rec: dict, samples: Optional[torch.Tensor]) -> None:
+        """An evaluation: its record, its samples (for the strip), the stop criteria."""
+        rec = {**rec, "time": rec.get("time", self._now())}
+        self.run_dir.log(rec)
+        if samples is not None:
+            convergence.save_samples(self.run_dir.path, rec["step"], samples, self.watch.evaluator.labels, self.ds.kind)
+        self.watch.criteria.on_record(rec)
+        self.events.record(rec)
+        if rec["values"]:
+            key, value = next(iter(rec["values"].items()))
+            self.quality = f"  {key} {value:.4g}"
+
+    def _save(self, step: int, _) -> None:
+        tensors, extra = self.state.tensors()  # every rank: the generator states are gathered
+        if self.world.main:
+            meta = {"config": self.s.model_dump(mode="json"), "plugins": self.record.to_json()["plugins"], "versions": self.record.versions}
+            self.run_dir.save_checkpoint(step, tensors, {**meta, **extra}, keep=self.s.keep_checkpoints)
+
+    def _progress(self, step: int) -> None:
+        s = self.s
+        if step % 10 == 0 or step == s.steps:  # reporting every step costs more than a 2-D step
+            self.events.progress("train", step, s.steps, self.status)
+        if self.world.main and s.sample_every and self.ds.kind == "images" and (step % s.sample_every == 0 or step == s.steps):
+            # image runs: a fixed-seed sample grid of the EMA weights every sample_every steps
+            preview(self.state.ema, self.schedule, s.prediction, self.ds.num_classes if s.cond == "class" else 0, self.ds.shape,
+                    self.run_dir.path / "grids" / f"step-{step:08d}.png", seed=s.seed)
+        if self.world.main and self.watch.every and (step % self.watch.every == 0 or step == s.steps):
+            self._log_eval(*self._measure())
+
+    def _should_stop(self, stop: Callable[[], bool]) -> bool:
+        """``stop()`` (Ctrl-C, SIGTERM), or a stop criterion met."""
+        self.watch.criteria.on_time(self.state.step, self._now())
+        self.stop_requested = self.stop_requested or bool(stop())
+        return self.stop_requested or self.watch.criteria.reason is not None
