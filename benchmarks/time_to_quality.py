@@ -31,12 +31,13 @@ from pathlib import Path
 
 import torch
 
-from ddpmctl import speed
-from ddpmctl.config import TrainSettings
+from ddpmctl import load_dataset, speed
+from ddpmctl.config import TrainSettings, saved
 from ddpmctl.convergence import watch
 from ddpmctl.devices import fast_math, pick_device, set_threads
-from ddpmctl.diffusion import DiffusionLoss
-from ddpmctl.pipeline import Model, build_dataset, build_network, build_schedule, resolve
+from ddpmctl.pipeline import Model, build_network, build_schedule, resolve
+from ddpmctl.record import DataInfo, RunRecord
+from ddpmctl.session import loop_config, objective
 from ddpmctl.training import Hooks, LoopConfig, make_state, train
 
 
@@ -78,27 +79,28 @@ def main() -> None:
     set_threads(args.threads)
     device = pick_device("auto")
     fast_math(device)
-    ds = build_dataset("mnist16", {"digits": "0"})
-    s = resolve(TrainSettings(data="mnist16", data_options={"digits": "0"}, seed=args.seed, eval_every=args.every,
-                              eval_metric="class-coverage", eval_n=args.n, eval_sampler="ddim", eval_steps=50), ds)
+    ds = load_dataset("mnist16", digits="0")
+    # The resolved config of `ddpmctl train --data mnist16 --digits 0`, evaluated as --eval-every does.
+    s = resolve(saved(TrainSettings, dict(data="mnist16", data_options={"digits": "0"}, seed=args.seed, eval_every=args.every, log_every=10**9,
+                                          eval_metric="class-coverage", eval_n=args.n, eval_sampler="ddim", eval_steps=50)), ds)
+    s = s.model_copy(update={"checkpoint_every": 10**9})
     cfg = s.model_dump(mode="json")
-    loop = LoopConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup=s.warmup, lr_decay=s.lr_decay, weight_decay=s.weight_decay,
-                      ema_decay=s.ema_decay, grad_clip=s.grad_clip, log_every=10**9, checkpoint_every=10**9)
+    loop = loop_config(s, s.batch_size)
     x = ds.x.to(device)
-    schedule = build_schedule(cfg)
-    data = {"shape": list(ds.shape), "num_classes": 0, "kind": "images", "absmax": 1.0}
+    schedule = build_schedule(s)
+    record = RunRecord(s, DataInfo.of(ds))
     evaluator = watch(s, ds).evaluator  # what `ddpmctl train --eval-every` scores
 
     torch.manual_seed(args.seed)
-    ours = make_state(build_network(cfg, ds.shape, 0), loop, device, args.seed)
-    loss = DiffusionLoss(schedule)
+    ours = make_state(build_network(s, ds.shape, 0), loop, device, args.seed)
+    loss = objective(s, ds, schedule)
     theirs = DiffusersSide(x, loop, args.seed, device)
     print(f"parameters: ddpmctl {sum(p.numel() for p in ours.net.parameters()):,}, diffusers {sum(p.numel() for p in theirs.unet.parameters()):,}", flush=True)
 
     sides = {
         "ddpmctl": (lambda k: _ours_chunk(ours, loss, x, loop, k),
-                    lambda: Model(None, cfg, data, ours.ema, schedule, ours.step, device, _dataset=ds)),
-        "diffusers": (theirs.train, lambda: Model(None, cfg, data, theirs.ema_net(), schedule, theirs.step, device, _dataset=ds)),
+                    lambda: Model(None, record, ours.ema, schedule, ours.step, device, _dataset=ds)),
+        "diffusers": (theirs.train, lambda: Model(None, record, theirs.ema_net(), schedule, theirs.step, device, _dataset=ds)),
     }
     curves = {name: [] for name in sides}
     reached = {}

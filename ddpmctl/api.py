@@ -42,7 +42,7 @@ Classes = Union[None, int, str, Sequence[Union[int, str]]]
 
 
 def train(*, config: Optional[PathLike] = None, resume: Optional[PathLike] = None, events: Optional[Events] = None,
-          stop: Callable[[], bool] = lambda: False, digits: Optional[str] = None, **settings) -> "Run":
+          stop: Optional[Callable[[], bool]] = None, digits: Optional[str] = None, **settings) -> Run:
     """Train a model as `ddpmctl train` does and return the finished run.
 
     ``settings`` are TrainSettings fields (``data``, ``steps``, ``network_options``, ...; see
@@ -52,7 +52,7 @@ def train(*, config: Optional[PathLike] = None, resume: Optional[PathLike] = Non
     if digits is not None:
         settings["data_options"] = {**settings.get("data_options", {}), "digits": digits}
     session = Session.prepare(settings, Path(config) if config else None, Path(resume) if resume else None, events)
-    outcome = session.run(stop=stop)
+    outcome = session.run(stop=stop or (lambda: False))
     return Run.load(outcome.run, device=str(session.device))
 
 
@@ -90,7 +90,7 @@ class Run:
         self.model = model
 
     @classmethod
-    def load(cls, path: PathLike, device: str = "auto", checkpoint: Optional[PathLike] = None, compile: bool = False) -> "Run":
+    def load(cls, path: PathLike, device: str = "auto", checkpoint: Optional[PathLike] = None, compile: bool = False) -> Run:
         """Open a run directory (any written by ddpmctl, older versions included)."""
         return cls(load_model(Path(path), device, Path(checkpoint) if checkpoint else None, compile=compile))
 
@@ -109,6 +109,7 @@ class Run:
         return self.model.run.metrics()
 
     def dataset(self) -> Dataset:
+        """The training data (built from the run's data settings on first use)."""
         return self.model.dataset()
 
     # -- sampling -------------------------------------------------------------------------------

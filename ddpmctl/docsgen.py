@@ -1,4 +1,5 @@
-"""Generated reference pages: docs/config.md from ``TrainSettings``, docs/cli.md from the Typer app.
+"""Generated reference pages: docs/config.md from ``TrainSettings``, docs/cli.md from the Typer app,
+docs/api.md from the Python API's docstrings.
 
 Both pages are rebuilt from the code, so they cannot drift from it; ``tests/test_docs.py``
 fails when a committed page differs from what these functions produce. Regenerate with:
@@ -8,10 +9,17 @@ fails when a committed page differs from what these functions produce. Regenerat
 
 from __future__ import annotations
 
+import inspect
 import re
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any
+
+from ddpmctl import api, config, events, record, samples
+from ddpmctl.cli import app
+from ddpmctl.datasets import base as dataset_base
+from ddpmctl.metrics import base as metric_base
 
 REGENERATE = "UPDATE_DOCS=1 pytest tests/test_docs.py"
 
@@ -78,8 +86,6 @@ def _train_flags() -> dict[str, str]:
     """Setting name -> the `ddpmctl train` flag that sets it (when there is one)."""
     import typer.main
 
-    from ddpmctl.cli import app
-
     group = typer.main.get_command(app)
     train = group.commands.get("train")
     flags = {}
@@ -92,8 +98,6 @@ def _train_flags() -> dict[str, str]:
 def config_reference() -> str:
     """docs/config.md: every setting of ``ddpmctl train`` with its type, default, environment
     variable, TOML key and flag, read from ``ddpmctl.config.TrainSettings``."""
-    from ddpmctl import config
-
     fields = config.TrainSettings.model_fields
     flags = _train_flags()
     prefix = config.ENV_PREFIX
@@ -240,8 +244,6 @@ def cli_reference() -> str:
     """docs/cli.md: every command and group of ``ddpmctl.cli.app`` with its arguments and options."""
     import typer.main
 
-    from ddpmctl.cli import app
-
     root = typer.main.get_command(app)
     root_ctx = root.make_context("ddpmctl", [], resilient_parsing=True)
     lines = [
@@ -278,3 +280,87 @@ def cli_reference() -> str:
                 lines.append(f"| `{_param_name(p)}` | {_cell(_param_type(p, ctx))} | {_cell(_param_default(p))} | {_cell(p.help or '')} |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/api.md
+
+API_OBJECTS = [  # (name shown, object): what `import ddpmctl` hands out, and what it returns
+    ("ddpmctl.train", api.train), ("ddpmctl.load_dataset", api.load_dataset), ("ddpmctl.Run", api.Run),
+    ("ddpmctl.Evaluation", api.Evaluation), ("ddpmctl.Samples", samples.Samples), ("ddpmctl.Events", events.Events),
+    ("ddpmctl.Printer", events.Printer), ("ddpmctl.RunRecord", record.RunRecord), ("ddpmctl.record.DataInfo", record.DataInfo),
+    ("ddpmctl.metrics.base.MetricResult", metric_base.MetricResult), ("ddpmctl.datasets.base.Dataset", dataset_base.Dataset),
+]
+
+
+def _signature(obj) -> str:
+    """``(a: int = 1, *, b: str = 'x') -> T`` with annotations as written in the source."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return "()"
+
+    def ann(a) -> str:
+        return a if isinstance(a, str) else getattr(a, "__name__", str(a).replace("typing.", ""))
+
+    parts, star = [], False
+    for p in sig.parameters.values():
+        if p.kind is p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        text = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name
+        if p.kind is p.VAR_POSITIONAL:
+            star = True
+        if p.annotation is not p.empty:
+            text += f": {ann(p.annotation)}"
+        if p.default is not p.empty:
+            text += f" = {p.default!r}"
+        parts.append(text)
+    out = f"({', '.join(parts)})"
+    return out + (f" -> {ann(sig.return_annotation)}" if sig.return_annotation is not sig.empty else "")
+
+
+def _doc(obj) -> list[str]:
+    text = inspect.getdoc(obj) or ""
+    return [text, ""] if text else []
+
+
+def _members(cls) -> list[str]:
+    """Public methods and properties defined on ``cls`` itself, in source order."""
+    out = []
+    for name, value in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, property):
+            out += [f"- `{cls.__name__}.{name}`: {_first_paragraph(value.__doc__)}"]
+        elif callable(value) or isinstance(value, (classmethod, staticmethod)):
+            fn = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+            out += ["", f"#### `{cls.__name__}.{name}{_signature(fn).replace('(self, ', '(').replace('(self)', '()').replace('(cls, ', '(')}`", "", *_doc(fn)]
+    return out
+
+
+def api_reference() -> str:
+    """docs/api.md: the Python API, from the signatures and docstrings of ``ddpmctl.api`` and the
+    objects it returns."""
+    paragraphs = inspect.getdoc(api).split("\n\n")[1:]
+    code = [p for p in paragraphs if all(line.startswith("    ") for line in p.splitlines())]
+    lines = [
+        "# Python API reference",
+        "",
+        f"Generated from the docstrings of `ddpmctl/api.py` and the objects it returns by `ddpmctl/docsgen.py` (regenerate: `{REGENERATE}`).",
+        "A walk through it: [examples/notebooks/phase1-2d-api.ipynb](../examples/notebooks/phase1-2d-api.ipynb).",
+        "",
+        "```python",
+        *"\n\n".join(textwrap.dedent(p) for p in code).splitlines(),
+        "```",
+        "",
+    ]
+    for p in paragraphs:
+        if p not in code:
+            lines += [" ".join(p.split()), ""]
+    for shown, obj in API_OBJECTS:
+        kind = "class" if inspect.isclass(obj) else "function"
+        lines += [f"## `{shown}`", "", f"{kind} `{shown.rsplit('.', 1)[-1]}{_signature(obj)}`", "", *_doc(obj)]
+        if inspect.isclass(obj):
+            lines += _members(obj) + [""]
+    return "\n".join(line.rstrip() for line in lines).rstrip() + "\n"

@@ -29,7 +29,7 @@ class DataInfo:
     absmax: Optional[float] = None  # largest |coordinate| of the training data (the default clip of 2-D models)
 
     @classmethod
-    def of(cls, ds) -> "DataInfo":
+    def of(cls, ds) -> DataInfo:
         """The description of a built datasets.base.Dataset."""
         return cls(tuple(ds.shape), ds.num_classes, ds.kind, len(ds), round(float(ds.x.abs().max()), 4))
 
@@ -67,7 +67,7 @@ class RunRecord:
         }
 
     @classmethod
-    def from_json(cls, raw: Any, where: str) -> "RunRecord":
+    def from_json(cls, raw: Any, where: str) -> RunRecord:
         """Read a config.json's content; ``where`` names the file in the one sentence of a failure."""
         try:
             if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or not isinstance(raw.get("data"), dict):

@@ -63,7 +63,7 @@ class Samples:
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "Samples":
+    def load(cls, path: Path) -> Samples:
         """A .npz of `ddpmctl sample`, or a folder of `ddpmctl sample --export`."""
         path = Path(path)
         if path.is_dir():

@@ -31,10 +31,15 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ddpmctl import registry
-from ddpmctl.config import PHASE_DEFAULTS
+from ddpmctl.config import PHASE_DEFAULTS, TrainSettings, saved
+from ddpmctl.datasets.base import Dataset
 from ddpmctl.devices import channels_last_pays, fast_math, use_bf16
 from ddpmctl.errors import ConfigError, OptionsError
+from ddpmctl.networks.unet import _groups, default_sizes
+from ddpmctl.pipeline import Model, build_network, build_schedule, sample
+from ddpmctl.record import DataInfo, RunRecord
+from ddpmctl.session import loop_config, objective
+from ddpmctl.training import lr_at, make_state, train
 
 # The default model of each phase: data shape, network plugin, batch size.
 MODELS = {
@@ -102,48 +107,46 @@ def _quiet_stderr():
 
 
 class Ours:
-    """ddpmctl's network, training loop and ancestral sampler."""
+    """ddpmctl's network, training loop and ancestral sampler, built from settings by the same
+    functions as `ddpmctl train` (session.loop_config, session.objective) on synthetic data."""
 
     name = "ddpmctl"
 
     def __init__(self, model: str, batch_size: int, device: torch.device, compile: bool, bf16: bool, seed: int = 0,
                  channels_last: Optional[bool] = None):
-        from ddpmctl.diffusion import DiffusionLoss
-        from ddpmctl.schedules import linear
-        from ddpmctl.training import LoopConfig, make_state
-
         spec = MODELS[model]
         self.spec, self.batch_size, self.device = spec, batch_size, device
+        # The phase's defaults; a constant learning rate and no logging or checkpoints inside the timed steps.
+        s = saved(TrainSettings, {**PHASE_DEFAULTS[spec["kind"]], "network": spec["network"], "batch_size": batch_size, "seed": seed,
+                                  "lr": 1e-4, "warmup": 0, "lr_decay": "none", "log_every": 10**9, "checkpoint_every": 10**9})
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand((max(1024, batch_size), *spec["shape"]), generator=g) * 2 - 1
+        ds = Dataset("synthetic", x, kind=spec["kind"])  # speed does not depend on the pixels
         torch.manual_seed(seed)
-        net = registry.build("network", spec["network"], {}, data_shape=spec["shape"], num_classes=0)
+        net = build_network(s, ds.shape, 0)
         self.parameters = sum(p.numel() for p in net.parameters())
-        self.loop = LoopConfig(steps=0, batch_size=batch_size, lr=1e-4, warmup=0, log_every=10**9, checkpoint_every=10**9, bf16=bf16)
+        self.loop = dataclasses.replace(loop_config(s, batch_size, bf16), steps=0)
         images = spec["kind"] == "images"
         # None: as `ddpmctl train` and `ddpmctl sample` choose; True or False: both alike.
         train_cl = images and channels_last_pays(device, training=True) if channels_last is None else channels_last
         self.sample_cl = images and channels_last_pays(device, training=False) if channels_last is None else channels_last
         self.state = make_state(net, self.loop, device, seed, channels_last=train_cl, compile=compile)
-        self.schedule = linear(T)
-        self.loss = DiffusionLoss(self.schedule)
-        g = torch.Generator().manual_seed(seed)
-        self.x = (torch.rand((max(1024, batch_size), *spec["shape"]), generator=g) * 2 - 1).to(device)
+        self.schedule = build_schedule(s)
+        self.loss = objective(s, ds, self.schedule)
+        self.record = RunRecord(s, DataInfo(spec["shape"], 0, spec["kind"], len(ds), 1.0))
+        self.x = ds.x.to(device)
         self.compile, self.bf16 = compile, bf16
         self._sampling_model = None
 
     def train(self, steps: int) -> None:
-        from ddpmctl.training import train
-
         train(self.state, self.loss, self.x, None, dataclasses.replace(self.loop, steps=self.state.step + steps))
 
     def sample(self, nfe: int) -> None:
-        from ddpmctl.pipeline import Model, sample
-
         if self._sampling_model is None:  # the EMA weights as they are now, as pipeline.load_model sets them up
             net = copy.deepcopy(self.state.ema).to(memory_format=torch.channels_last if self.sample_cl else torch.contiguous_format)
             if self.compile:
                 net = torch.compile(net)
-            data = {"shape": list(self.spec["shape"]), "num_classes": 0, "kind": self.spec["kind"], "absmax": 1.0}
-            self._sampling_model = Model(None, {"prediction": "eps", "cond": "none"}, data, net, self.schedule, 0, self.device)
+            self._sampling_model = Model(None, self.record, net, self.schedule, 0, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             sample(self._sampling_model, self.batch_size, "ddpm", nfe, seed=0, batch_size=self.batch_size)
 
@@ -152,8 +155,6 @@ def diffusers_unet_config(shape: tuple[int, ...]) -> dict:
     """UNet2DModel arguments mirroring ddpmctl's default U-Net for ``shape``: the same levels,
     channels, residual blocks per level and attention resolutions (one head), GroupNorm
     groups of the first level (diffusers has one group count for all levels)."""
-    from ddpmctl.networks.unet import _groups, default_sizes
-
     C, H, W = shape
     sizes = default_sizes(shape)
     ch, mult, attn = sizes["channels"], sizes["channel_mult"], set(sizes["attn_resolutions"])
@@ -199,8 +200,6 @@ class Diffusers:
         if loop is None:
             self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-4)
         else:
-            from ddpmctl.training import lr_at
-
             self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
             self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_at(step, loop) / loop.lr)
         self.grad_clip = 1.0 if loop is None else loop.grad_clip

@@ -7,7 +7,11 @@ import torch
 
 from ddpmctl import checkpoint
 from ddpmctl.errors import CheckpointError
+from ddpmctl.config import TrainSettings, saved
+from ddpmctl.record import DataInfo, RunRecord
 from ddpmctl.run import RunDir
+
+RECORD = RunRecord(saved(TrainSettings, {}), DataInfo((2,), 0, "points"))
 
 
 def tensors(seed=0):
@@ -74,7 +78,7 @@ def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
 
 
 def test_run_falls_back_to_the_previous_good_checkpoint(tmp_path):
-    run = RunDir.create(tmp_path / "r", {"config": {}})
+    run = RunDir.create(tmp_path / "r", RECORD)
     for step in (10, 20, 30):
         run.save_checkpoint(step, tensors(step), {}, keep=3)
     assert [s for s, _ in run.checkpoints()] == [10, 20, 30]
@@ -87,7 +91,7 @@ def test_run_falls_back_to_the_previous_good_checkpoint(tmp_path):
 
 
 def test_old_checkpoints_are_pruned(tmp_path):
-    run = RunDir.create(tmp_path / "r", {"config": {}})
+    run = RunDir.create(tmp_path / "r", RECORD)
     for step in range(1, 6):
         run.save_checkpoint(step, tensors(), {}, keep=2)
     assert [s for s, _ in run.checkpoints()] == [4, 5]

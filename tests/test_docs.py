@@ -20,7 +20,7 @@ from ddpmctl import docsgen
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-GENERATED = {"config.md": docsgen.config_reference, "cli.md": docsgen.cli_reference}
+GENERATED = {"config.md": docsgen.config_reference, "cli.md": docsgen.cli_reference, "api.md": docsgen.api_reference}
 LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 SYMBOL = re.compile(r"^`([A-Za-z_][\w.]*)(?:\(\))?`$")
 

@@ -10,6 +10,7 @@ import typer
 
 from ddpmctl import __version__
 from ddpmctl.cli.common import err_console
+from ddpmctl.errors import DdpmctlError
 
 app = typer.Typer(
     name="ddpmctl",
@@ -58,8 +59,6 @@ app.command("compare")(_convergence.compare)
 
 
 def main() -> None:
-    from ddpmctl.errors import DdpmctlError
-
     try:
         app()
     except DdpmctlError as exc:

@@ -27,6 +27,7 @@ from rich.table import Table
 from ddpmctl import registry
 from ddpmctl.api import Run
 from ddpmctl.checkpoint import atomic_write_bytes
+from ddpmctl.devices import pick_device, set_threads
 from ddpmctl.cli.common import console, load_run, parse_options
 from ddpmctl.cli.render import Rich
 from ddpmctl.errors import NumericalError, OptionsError
@@ -228,8 +229,7 @@ def speed(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
 ):
     """Training and sampling images per second, and peak step memory, of the default networks."""
-    from ddpmctl import speed as bench_speed
-    from ddpmctl.devices import pick_device, set_threads
+    from ddpmctl import speed as bench_speed  # diffusers and the profiler: `bench speed` only
 
     models = _names(model, "--model")
     settings = bench_speed.Settings(train_steps=train_steps, nfe=nfe, repeats=repeats, batch_size=batch_size,

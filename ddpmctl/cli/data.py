@@ -11,6 +11,8 @@ import typer
 
 from ddpmctl import registry
 from ddpmctl.cli.common import console, parse_options
+from ddpmctl.config import data_dir
+from ddpmctl.datasets.fetch import fetch as fetch_data
 from ddpmctl.diffusion import q_sample
 from ddpmctl.pipeline import build_dataset
 
@@ -23,9 +25,6 @@ def fetch(
     source: Annotated[Optional[Path], typer.Option("--from", help="Import the original files from this folder (or archive) instead of downloading; MD5s are checked.")] = None,
 ):
     """Download a dataset into the data directory ($DDPMCTL_DATA_DIR), or import it with --from DIR."""
-    from ddpmctl.config import data_dir
-    from ddpmctl.datasets.fetch import fetch as fetch_data
-
     for line in fetch_data(name, source):
         console.print(line)
     console.print(f"data directory: {data_dir()}")
@@ -42,7 +41,7 @@ def show(
     out: Annotated[Optional[Path], typer.Option(help="PNG path (default: NAME.png or NAME-noise.png here).")] = None,
 ):
     """Save a PNG of a dataset; with --noise, of x_t at eight times from t = 0 to T."""
-    from ddpmctl import plots
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
     opts = parse_options(option)
     if digits is not None:

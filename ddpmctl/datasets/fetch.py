@@ -23,6 +23,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.config import data_dir
 from ddpmctl.datasets import images, mnist
@@ -176,8 +177,6 @@ def fetch(name: str, source: Path | None = None) -> list[str]:
         return import_folder("emoji32", Path(source))
     if key == "imagefolder":
         raise DataError("imagefolder reads its folder in place, nothing to fetch; train with --data imagefolder -o data.root=DIR.")
-    from ddpmctl import registry
-
     if key in registry.names("dataset"):
         raise DataError(f"dataset {name!r} is generated on the fly, nothing to fetch; fetchable: {', '.join(FETCHABLE)}.")
     raise DataError(f"unknown dataset {name!r} for fetch; fetchable: {', '.join(FETCHABLE)}.")

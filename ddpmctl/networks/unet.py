@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ddpmctl.errors import OptionsError
 from ddpmctl.networks.embeddings import TimeLabelEmbedding
 from ddpmctl.registry import PluginOptions
 
@@ -161,8 +162,6 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if len(data_shape) != 3:
-            from ddpmctl.errors import OptionsError
-
             raise OptionsError(f"the unet needs images (C, H, W), not data of shape {tuple(data_shape)}; use the mlp for 2-D data.")
         sizes = default_sizes(tuple(data_shape))
         ch = channels or sizes["channels"]
@@ -172,9 +171,7 @@ class UNet(nn.Module):
         self.sizes = {"channels": ch, "channel_mult": mult, "num_res_blocks": n_res, "attn_resolutions": tuple(sorted(attn_res))}
         for c in {ch * m for m in mult}:
             if c % num_heads:
-                from ddpmctl.errors import OptionsError
-
-                raise OptionsError(f"num_heads {num_heads} does not divide the {c} channels of a level; choose a divisor of {ch}.")
+                    raise OptionsError(f"num_heads {num_heads} does not divide the {c} channels of a level; choose a divisor of {ch}.")
         C, H, W = data_shape
         self.data_shape = tuple(data_shape)
         self.out_mult = out_mult

@@ -6,6 +6,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ddpmctl.errors import NumericalError
+
 # callback(i, n, t, x_t, x0_hat): step i of n, at training timestep t (int).
 Callback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], None]]
 
@@ -13,8 +15,6 @@ Callback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], None]]
 def check_finite(x: torch.Tensor, step: int, t: int, sampler: str) -> None:
     """Fail at the first non-finite value, naming where it appeared."""
     if not torch.isfinite(x).all():
-        from ddpmctl.errors import NumericalError
-
         raise NumericalError(
             f"{sampler} produced NaN/inf at step {step} (timestep t={t}); try clipping x0 "
             "(--clip), float32 instead of reduced precision, or a checkpoint from before the "

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.diffusion import learned_log_variance
+from ddpmctl.errors import OptionsError
 from ddpmctl.registry import PluginOptions, with_options
 from ddpmctl.samplers.base import Callback, check_finite, randn_like, spaced_timesteps
 
@@ -55,8 +56,6 @@ def ddpm(
         t = int(taus[i])
         pred = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), y)
         if variance == "learned" and pred.var_interp is None:
-            from ddpmctl.errors import OptionsError
-
             raise OptionsError("variance=learned needs a model trained with learn_sigma = true; use variance=auto, beta or beta_tilde.")
         # Posterior mean mu-tilde(x_t, x0_hat), equivalent to DDPM eq. 11 for eps-prediction.
         mean = float(coef_x0[i]) * pred.x0 + float(coef_xt[i]) * x
