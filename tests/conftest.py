@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -32,6 +34,41 @@ def cli(*args, env: dict | None = None, cwd: Path | None = None, timeout: float 
         [sys.executable, "-m", "ddpmctl", *map(str, args)],
         capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
     )
+
+
+def cli_here(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`cli`, run in this process (seconds faster: no interpreter start, no torch import): the
+    same argv, environment, working directory and console width; the process's environment,
+    directory, arguments and torch threads are put back afterwards. For commands that do not
+    depend on what a fresh process would install (plugins on PYTHONPATH, signals, torchrun)."""
+    from ddpmctl.cli import main
+    from ddpmctl.cli.common import console, err_console
+
+    saved = (dict(os.environ), list(sys.argv), os.getcwd(), torch.get_num_threads(), console.width, err_console.width)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        for k in [k for k in os.environ if k.startswith("DDPMCTL_")]:
+            del os.environ[k]
+        os.environ.update({"COLUMNS": "200", **(env or {})})
+        for c in (console, err_console):  # rich reads COLUMNS once, when the console is made
+            c.width = 200
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = ["ddpmctl", *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        env_before, sys.argv, cwd_before, threads, width, err_width = saved
+        os.environ.clear()
+        os.environ.update(env_before)
+        os.chdir(cwd_before)
+        torch.set_num_threads(threads)
+        console.width, err_console.width, console.quiet = width, err_width, False
+    return subprocess.CompletedProcess(["ddpmctl", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def run_in_process(args: list, env: dict[str, str], monkeypatch, capsys, columns: int = 200) -> tuple[int, str, str]:
@@ -85,7 +122,7 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 def tiny_run(tmp_path_factory) -> Path:
     """A 2-D run trained for 300 steps on 8 gaussians (session-wide; treat as read-only)."""
     runs = tmp_path_factory.mktemp("runs")
-    assert_ok(cli("train", "--data", "8gaussians", "--name", "tiny", "--runs-dir", runs, *TINY))
+    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "tiny", "--runs-dir", runs, *TINY))
     return runs / "tiny"
 
 

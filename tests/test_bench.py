@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import assert_clean_error, assert_ok, cli
+from tests.conftest import assert_clean_error, assert_ok, cli_here
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny tensors: extra threads only contend on a shared machine
 SAMPLERS = ["ddpm", "ddim", "dpm-solver++", "heun"]
@@ -20,14 +20,14 @@ SAMPLERS = ["ddpm", "ddim", "dpm-solver++", "heun"]
 def sigma_run(tmp_path_factory) -> Path:
     """8 gaussians, T = 100, learned variance (hybrid loss), 200 steps: seconds, via the CLI."""
     runs = tmp_path_factory.mktemp("runs")
-    assert_ok(cli("train", "--data", "8gaussians", "--name", "sigma", "--runs-dir", runs, "--learn-sigma",
+    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "sigma", "--runs-dir", runs, "--learn-sigma",
                   "--steps", "200", "-o", "network.width=64", "-o", "network.depth=2", "-o", "schedule.T=100",
                   "-o", "data.n=2000", "--batch-size", "256", env=ONE_THREAD))
     return runs / "sigma"
 
 
 def test_bench_quality_writes_a_table_csv_json_and_plot(sigma_run):
-    r = cli("bench", "quality", sigma_run, "--sampler", ",".join(SAMPLERS), "--steps", "3,10,100", "--n", "64",
+    r = cli_here("bench", "quality", sigma_run, "--sampler", ",".join(SAMPLERS), "--steps", "3,10,100", "--n", "64",
             "--clip", "3", env=ONE_THREAD)
     assert_ok(r)
     assert "NFE" in r.stdout and "floor" in r.stdout
@@ -52,12 +52,12 @@ def test_bench_quality_writes_a_table_csv_json_and_plot(sigma_run):
 
 
 def test_bench_quality_rejects_more_steps_than_the_model_has(sigma_run):
-    assert_clean_error(cli("bench", "quality", sigma_run, "--steps", "10,1000", env=ONE_THREAD), "1000", "T = 100")
-    assert_clean_error(cli("bench", "quality", sigma_run, "--steps", "10", "--reference", "ddpm:1000", env=ONE_THREAD), "--reference", "T = 100")
+    assert_clean_error(cli_here("bench", "quality", sigma_run, "--steps", "10,1000", env=ONE_THREAD), "1000", "T = 100")
+    assert_clean_error(cli_here("bench", "quality", sigma_run, "--steps", "10", "--reference", "ddpm:1000", env=ONE_THREAD), "--reference", "T = 100")
 
 
 def test_bench_quality_adds_the_reference_row_only_once(sigma_run):
-    r = cli("bench", "quality", sigma_run, "--sampler", "ddim", "--steps", "5,10", "--reference", "ddpm:100", "--n", "32",
+    r = cli_here("bench", "quality", sigma_run, "--sampler", "ddim", "--steps", "5,10", "--reference", "ddpm:100", "--n", "32",
             "--clip", "2", env=ONE_THREAD)
     assert_ok(r)
     (path,) = (sigma_run / "bench").glob("quality-wasserstein-ddim-n32-seed0-clip2-*.json")
@@ -70,7 +70,7 @@ def test_benches_that_differ_only_in_steps_or_options_keep_their_own_files(sigma
     """Two benches of one run with the same metric, n and seed but another step grid or sampler
     option each keep their results; the second does not overwrite the first."""
     def bench(*extra):
-        r = cli("bench", "quality", sigma_run, "--sampler", "ddpm", "--n", "16", "--seed", "7", *extra, env=ONE_THREAD)
+        r = cli_here("bench", "quality", sigma_run, "--sampler", "ddpm", "--n", "16", "--seed", "7", *extra, env=ONE_THREAD)
         assert_ok(r)
         return {p.name: p.read_bytes() for p in (sigma_run / "bench").glob("quality-*-n16-seed7-*.json")}
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ddpmctl.checkpoint import load
-from tests.conftest import TINY, assert_clean_error, assert_ok, cli
+from tests.conftest import TINY, assert_clean_error, assert_ok, cli_here
 
 
 def test_train_writes_a_complete_run_directory(tiny_run):
@@ -32,7 +32,7 @@ def test_train_writes_a_complete_run_directory(tiny_run):
 
 def test_sample_with_trajectory_and_eval(tiny_run, tmp_path):
     out = tmp_path / "s"
-    assert_ok(cli("sample", tiny_run, "--n", "500", "--seed", "3", "--trajectory", "--out", out))
+    assert_ok(cli_here("sample", tiny_run, "--n", "500", "--seed", "3", "--trajectory", "--out", out))
     with np.load(out / "ddpm-100steps-seed3.npz") as f:
         x = f["samples"]
         rec = json.loads(str(f["record"]))
@@ -43,11 +43,11 @@ def test_sample_with_trajectory_and_eval(tiny_run, tmp_path):
 
     # Same seed, same samples, whatever the batch size.
     out2 = tmp_path / "s2"
-    assert_ok(cli("sample", tiny_run, "--n", "500", "--seed", "3", "--batch-size", "48", "--out", out2))
+    assert_ok(cli_here("sample", tiny_run, "--n", "500", "--seed", "3", "--batch-size", "48", "--out", out2))
     with np.load(out2 / "ddpm-100steps-seed3.npz") as f:
         assert np.allclose(f["samples"], x, atol=1e-5)
 
-    r = cli("eval", tiny_run, "--metric", "kl", "--metric", "wasserstein", "--n", "400", "--samples", out / "ddpm-100steps-seed3.npz")
+    r = cli_here("eval", tiny_run, "--metric", "kl", "--metric", "wasserstein", "--n", "400", "--samples", out / "ddpm-100steps-seed3.npz")
     assert_ok(r)
     w = json.loads((tiny_run / "eval" / "wasserstein-ddpm-100steps-n500.json").read_text())
     assert w["values"]["w2"] > 0 and w["floor"]["w2"] > 0 and w["protocol"]["solver"] == "ot.emd2 (exact)"
@@ -57,14 +57,14 @@ def test_sample_with_trajectory_and_eval(tiny_run, tmp_path):
 
 
 def test_data_show_noise_writes_the_forward_process(tmp_path):
-    assert_ok(cli("data", "show", "spiral", "--noise", "--out", tmp_path / "f.png", "--n", "300"))
+    assert_ok(cli_here("data", "show", "spiral", "--noise", "--out", tmp_path / "f.png", "--n", "300"))
     assert Image.open(tmp_path / "f.png").size[0] > 500
 
 
 def test_resume_continues_to_more_steps(tmp_path):
     runs = tmp_path / "runs"
-    assert_ok(cli("train", "--data", "moons", "--name", "m", "--runs-dir", runs, *TINY))
-    r = cli("train", "--resume", runs / "m", "--steps", "400")
+    assert_ok(cli_here("train", "--data", "moons", "--name", "m", "--runs-dir", runs, *TINY))
+    r = cli_here("train", "--resume", runs / "m", "--steps", "400")
     assert_ok(r)
     assert "resuming" in r.stdout and "step 300" in r.stdout
     steps = [json.loads(line)["step"] for line in (runs / "m" / "metrics.jsonl").read_text().splitlines()]
@@ -75,11 +75,11 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
     """Roll a finished run back to its step-200 checkpoint (as if it had been killed there),
     resume it, and compare every tensor with the uninterrupted run's at step 300."""
     runs = tmp_path / "runs"
-    assert_ok(cli("train", "--data", "circles", "--name", "full", "--runs-dir", runs, *TINY))
+    assert_ok(cli_here("train", "--data", "circles", "--name", "full", "--runs-dir", runs, *TINY))
     shutil.copytree(runs / "full", runs / "cut")
     (runs / "cut" / "checkpoints" / "step-00000300.safetensors").unlink()
     (runs / "cut" / "latest").write_text("step-00000200.safetensors\n")
-    r = cli("train", "--resume", runs / "cut")
+    r = cli_here("train", "--resume", runs / "cut")
     assert_ok(r)
     assert "step 200" in r.stdout
     a, _ = load(runs / "full" / "checkpoints" / "step-00000300.safetensors")
@@ -91,33 +91,33 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
 
 def test_errors_are_one_sentence(tiny_run, tmp_path):
     runs = tmp_path / "runs"
-    assert_clean_error(cli("train", "--data", "spirall", "--runs-dir", runs), "unknown dataset", "spiral", "8gaussians")
-    assert_clean_error(cli("train", "--network", "transformer", "--runs-dir", runs), "unknown network", "mlp")
-    assert_clean_error(cli("train", "--schedule", "zigzag", "--runs-dir", runs), "unknown schedule", "linear", "cosine")
-    assert_clean_error(cli("sample", tiny_run, "--sampler", "euler", "--n", "8"), "unknown sampler", "ddpm")
-    assert_clean_error(cli("train", "-o", "network.width=-3", "--runs-dir", runs), "width")
-    assert_clean_error(cli("train", "-o", "data.noise=loud", "--runs-dir", runs), "noise")
-    assert_clean_error(cli("train", "--prediction", "score", "--runs-dir", runs), "prediction")
-    assert_clean_error(cli("sample", tmp_path / "nowhere"), "does not exist")
-    assert_clean_error(cli("eval", tmp_path / "nowhere"), "does not exist")
-    assert_clean_error(cli("sample", tiny_run, "--steps", "5000"), "--steps", "T = 100")
+    assert_clean_error(cli_here("train", "--data", "spirall", "--runs-dir", runs), "unknown dataset", "spiral", "8gaussians")
+    assert_clean_error(cli_here("train", "--network", "transformer", "--runs-dir", runs), "unknown network", "mlp")
+    assert_clean_error(cli_here("train", "--schedule", "zigzag", "--runs-dir", runs), "unknown schedule", "linear", "cosine")
+    assert_clean_error(cli_here("sample", tiny_run, "--sampler", "euler", "--n", "8"), "unknown sampler", "ddpm")
+    assert_clean_error(cli_here("train", "-o", "network.width=-3", "--runs-dir", runs), "width")
+    assert_clean_error(cli_here("train", "-o", "data.noise=loud", "--runs-dir", runs), "noise")
+    assert_clean_error(cli_here("train", "--prediction", "score", "--runs-dir", runs), "prediction")
+    assert_clean_error(cli_here("sample", tmp_path / "nowhere"), "does not exist")
+    assert_clean_error(cli_here("eval", tmp_path / "nowhere"), "does not exist")
+    assert_clean_error(cli_here("sample", tiny_run, "--steps", "5000"), "--steps", "T = 100")
     assert not list(runs.glob("*")) if runs.exists() else True  # nothing was created by failed runs
 
 
 def test_truncated_checkpoint_is_named(tmp_path):
     runs = tmp_path / "runs"
-    assert_ok(cli("train", "--data", "moons", "--name", "t", "--runs-dir", runs, *TINY[:1], "100", *TINY[2:], "--checkpoint-every", "100"))
+    assert_ok(cli_here("train", "--data", "moons", "--name", "t", "--runs-dir", runs, *TINY[:1], "100", *TINY[2:], "--checkpoint-every", "100"))
     ckpt = runs / "t" / "checkpoints" / "step-00000100.safetensors"
     ckpt.write_bytes(ckpt.read_bytes()[:500])
-    msg = assert_clean_error(cli("sample", runs / "t", "--n", "8"), "truncated or corrupted")
+    msg = assert_clean_error(cli_here("sample", runs / "t", "--n", "8"), "truncated or corrupted")
     assert "step-00000100.safetensors" in msg
 
 
 def test_resume_with_an_incompatible_config(tiny_run, tmp_path):
-    assert_clean_error(cli("train", "--resume", tiny_run, "-o", "network.width=64"), "cannot resume", "network_options")
-    assert_clean_error(cli("train", "--resume", tiny_run, "--data", "spiral"), "cannot resume", "data")
-    assert_clean_error(cli("train", "--resume", tiny_run), "already reached step 300")
-    assert_clean_error(cli("train", "--resume", tmp_path / "nope"), "does not exist")
+    assert_clean_error(cli_here("train", "--resume", tiny_run, "-o", "network.width=64"), "cannot resume", "network_options")
+    assert_clean_error(cli_here("train", "--resume", tiny_run, "--data", "spiral"), "cannot resume", "data")
+    assert_clean_error(cli_here("train", "--resume", tiny_run), "already reached step 300")
+    assert_clean_error(cli_here("train", "--resume", tmp_path / "nope"), "does not exist")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

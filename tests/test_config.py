@@ -6,7 +6,7 @@ import pytest
 
 from ddpmctl.config import TrainSettings, load_settings
 from ddpmctl.errors import ConfigError
-from tests.conftest import assert_clean_error, assert_ok, cli
+from tests.conftest import assert_clean_error, assert_ok, cli_here
 
 
 def test_precedence(tmp_path, monkeypatch):
@@ -61,7 +61,7 @@ def test_bad_value_is_one_sentence(tmp_path):
 def test_resolved_config_is_printed_and_saved(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('data = "circles"\nsteps = 40\n[network_options]\nwidth = 16\ndepth = 1\n[schedule_options]\nT = 30\n')
-    r = cli("train", "--config", toml, "--name", "c", "--runs-dir", tmp_path / "runs", "--lr", "0.004",
+    r = cli_here("train", "--config", toml, "--name", "c", "--runs-dir", tmp_path / "runs", "--lr", "0.004",
             env={"DDPMCTL_SEED": "9"})
     assert_ok(r)
     saved = json.loads((tmp_path / "runs" / "c" / "config.json").read_text())["config"]
@@ -73,8 +73,8 @@ def test_resolved_config_is_printed_and_saved(tmp_path):
 def test_cli_reports_config_errors(tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text("stepz = 3\n")
-    assert_clean_error(cli("train", "--config", toml), "stepz")
-    assert_clean_error(cli("train", "--config", tmp_path / "missing.toml"), "does not exist")
+    assert_clean_error(cli_here("train", "--config", toml), "stepz")
+    assert_clean_error(cli_here("train", "--config", tmp_path / "missing.toml"), "does not exist")
     (tmp_path / "broken.toml").write_text("steps = = 3\n")
-    assert_clean_error(cli("train", "--config", tmp_path / "broken.toml"), "not valid TOML")
-    assert_clean_error(cli("train", "--steps", "10", env={"DDPMCTL_STEPZ": "1"}), "DDPMCTL_STEPZ")
+    assert_clean_error(cli_here("train", "--config", tmp_path / "broken.toml"), "not valid TOML")
+    assert_clean_error(cli_here("train", "--steps", "10", env={"DDPMCTL_STEPZ": "1"}), "DDPMCTL_STEPZ")

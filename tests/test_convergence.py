@@ -12,7 +12,7 @@ from PIL import Image
 from ddpmctl.convergence import curve, first_crossing
 from ddpmctl.stopping import Criteria, Threshold, parse_duration, smoothed
 from ddpmctl.run import RunDir
-from tests.conftest import TINY, assert_ok, cli
+from tests.conftest import TINY, assert_ok, cli_here
 
 LOG10 = {"DDPMCTL_LOG_EVERY": "10", "OMP_NUM_THREADS": "1"}
 WATCH = ["--eval-every", "50", "--eval-n", "300"]
@@ -56,7 +56,7 @@ def new_minimum(points: list[tuple[int, float, float]], after: int = 100) -> tup
 def watched(tmp_path_factory):
     """The reference: TINY on 8 gaussians, evaluated every 50 steps, a loss record every 10 steps."""
     runs = tmp_path_factory.mktemp("runs")
-    assert_ok(cli("train", "--data", "8gaussians", "--name", "watched", "--runs-dir", runs, *TINY, *WATCH, env=LOG10))
+    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "watched", "--runs-dir", runs, *TINY, *WATCH, env=LOG10))
     return runs / "watched"
 
 
@@ -64,7 +64,7 @@ def watched(tmp_path_factory):
 def stopped(watched):
     """The same run with --until-metric set where the reference's W2 first dropped to a new low."""
     step, x = new_minimum(curve(records(watched), "w2"))
-    r = cli("train", "--data", "8gaussians", "--name", "stopped", "--runs-dir", watched.parent, *TINY, *WATCH,
+    r = cli_here("train", "--data", "8gaussians", "--name", "stopped", "--runs-dir", watched.parent, *TINY, *WATCH,
             "--until-metric", f"wasserstein<={x!r}", env=LOG10)
     assert_ok(r)
     assert "stopped" in r.stdout
@@ -108,7 +108,7 @@ def test_until_metric_stops_at_the_first_evaluation_that_meets_it(stopped, watch
 
 def test_until_loss_stops_where_the_smoothed_loss_first_meets_it(watched, tmp_path):
     step, x = new_minimum(curve(records(watched), "loss"), after=150)
-    r = cli("train", "--data", "8gaussians", "--name", "l", "--runs-dir", tmp_path, *TINY, "--until-loss", repr(x), env=LOG10)
+    r = cli_here("train", "--data", "8gaussians", "--name", "l", "--runs-dir", tmp_path, *TINY, "--until-loss", repr(x), env=LOG10)
     assert_ok(r)
     s = stop(tmp_path / "l")
     assert s["reason"] == "until-loss" and s["step"] == step
@@ -116,7 +116,7 @@ def test_until_loss_stops_where_the_smoothed_loss_first_meets_it(watched, tmp_pa
 
 
 def test_max_time_stops_the_run_and_records_when(tmp_path):
-    r = cli("train", "--data", "8gaussians", "--name", "t", "--runs-dir", tmp_path, *TINY[2:], "--steps", "1000000", "--max-time", "0.5s",
+    r = cli_here("train", "--data", "8gaussians", "--name", "t", "--runs-dir", tmp_path, *TINY[2:], "--steps", "1000000", "--max-time", "0.5s",
             env={"OMP_NUM_THREADS": "1"})
     assert_ok(r)
     s = stop(tmp_path / "t")
@@ -131,7 +131,7 @@ def test_a_stopped_run_resumes_with_its_criterion_off_and_its_wall_time_adds_up(
     run = tmp_path / "again"
     shutil.copytree(stopped[0], run)
     before = max(r["time"] for r in records(run))
-    assert_ok(cli("train", "--resume", run, "--until-metric", "none", env=LOG10))
+    assert_ok(cli_here("train", "--resume", run, "--until-metric", "none", env=LOG10))
     after = [r for r in records(run) if r["step"] > stopped[1]]
     assert after and min(r["time"] for r in after) > before
     assert stop(run)["reason"] == "steps" and stop(run)["criteria"]["until_metric"] is None

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ddpmctl import registry
 from ddpmctl.errors import DataError
-from tests.conftest import MNIST_FILES, assert_clean_error, assert_ok, cli, need_mnist
+from tests.conftest import MNIST_FILES, assert_clean_error, assert_ok, cli_here, need_mnist
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EMOJI = SHARED / "emoji32"
@@ -47,7 +47,7 @@ def rgb_run(tmp_path_factory) -> Path:
     """An unconditional RGB run on a generated folder of 8x8 PNGs, with grids every 2 steps."""
     tmp = tmp_path_factory.mktemp("rgb")
     _write_images(tmp / "imgs", 24)
-    r = cli("train", "--data", "imagefolder", "-o", f"data.root={tmp / 'imgs'}", "-o", "data.size=8",
+    r = cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp / 'imgs'}", "-o", "data.size=8",
             "--name", "rgb", "--runs-dir", tmp / "runs", *TINY_IMG, env=_env(tmp / "data", DDPMCTL_SAMPLE_EVERY="2"))
     assert_ok(r)
     return tmp / "runs" / "rgb"
@@ -74,7 +74,7 @@ def test_mnist16_digits_filter_fresh_split_and_cache(mnist_dir, monkeypatch):
 
 def test_data_show_writes_a_png_grid(mnist_dir, tmp_path):
     out = tmp_path / "zeros.png"
-    r = cli("data", "show", "mnist16", "--digits", "0", "--out", out, env=_env(mnist_dir))
+    r = cli_here("data", "show", "mnist16", "--digits", "0", "--out", out, env=_env(mnist_dir))
     assert_ok(r)
     assert "5923 examples" in r.stdout and Image.open(out).size[0] >= 8 * 16
 
@@ -90,19 +90,19 @@ def test_fetch_checks_md5_and_imports_nothing_on_a_corrupted_file(tmp_path):
     (src / "t10k-labels-idx1-ubyte.gz").unlink()
     (src / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))  # uncompressed files are accepted too
     data = tmp_path / "data"
-    r = cli("data", "fetch", "mnist", "--from", src, env=_env(data))
+    r = cli_here("data", "fetch", "mnist", "--from", src, env=_env(data))
     assert_clean_error(r, "t10k-labels-idx1-ubyte", "MD5", "27ae3e4e09519cfbb04c329615203637")
     assert not (data / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()  # nothing half-imported
 
 
 def test_missing_mnist_says_both_ways_to_get_it(tmp_path):
-    r = cli("train", "--data", "mnist16", "--digits", "0", "--runs-dir", tmp_path / "runs", env=_env(tmp_path / "empty"))
+    r = cli_here("train", "--data", "mnist16", "--digits", "0", "--runs-dir", tmp_path / "runs", env=_env(tmp_path / "empty"))
     assert_clean_error(r, "ddpmctl data fetch mnist`", "ddpmctl data fetch mnist --from DIR")
     assert not (tmp_path / "runs").exists()
 
 
 def test_digit_outside_0_to_9_is_one_sentence(tmp_path):
-    r = cli("train", "--data", "mnist16", "--digits", "0,12", "--runs-dir", tmp_path, env=_env(tmp_path))
+    r = cli_here("train", "--data", "mnist16", "--digits", "0,12", "--runs-dir", tmp_path, env=_env(tmp_path))
     assert_clean_error(r, "digit 12 is outside 0-9")
 
 
@@ -131,14 +131,14 @@ def test_image_folder_gray_crop_classes_and_held_out(tmp_path, monkeypatch):
 def test_empty_image_folder_is_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    r = cli("train", "--data", "imagefolder", "-o", f"data.root={tmp_path / 'empty'}", "--runs-dir", tmp_path, env=_env(tmp_path))
+    r = cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp_path / 'empty'}", "--runs-dir", tmp_path, env=_env(tmp_path))
     assert_clean_error(r, "has no images")
 
 
 def test_unreadable_image_folder_is_one_sentence(tmp_path, monkeypatch):
     _write_images(tmp_path / "bad", 3)
     (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    r = cli("data", "show", "imagefolder", "-o", f"root={tmp_path / 'bad'}", "--out", tmp_path / "x.png", env=_env(tmp_path))
+    r = cli_here("data", "show", "imagefolder", "-o", f"root={tmp_path / 'bad'}", "--out", tmp_path / "x.png", env=_env(tmp_path))
     assert_clean_error(r, "broken.png", "cannot be read")
     monkeypatch.setenv("DDPMCTL_DATA_DIR", str(tmp_path))
     with pytest.raises(DataError, match="does not exist"):
@@ -154,7 +154,7 @@ def test_rgb_folder_trains_with_grids_and_samples_uint8(rgb_run, tmp_path):
     assert sorted(p.name for p in (rgb_run / "grids").iterdir()) == ["step-00000002.png", "step-00000004.png"]
 
     out, grid = tmp_path / "s", tmp_path / "grid.png"
-    assert_ok(cli("sample", rgb_run, "--n", "10", "--steps", "5", "--grid", grid, "--trajectory", "--out", out, env=_env(tmp_path)))
+    assert_ok(cli_here("sample", rgb_run, "--n", "10", "--steps", "5", "--grid", grid, "--trajectory", "--out", out, env=_env(tmp_path)))
     with np.load(out / "ddpm-5steps-seed0.npz") as f:
         assert f["samples"].shape == (10, 3, 8, 8) and f["samples"].dtype == np.uint8 and "labels" not in f
         assert json.loads(str(f["record"]))["nfe"] == 5
@@ -163,7 +163,7 @@ def test_rgb_folder_trains_with_grids_and_samples_uint8(rgb_run, tmp_path):
 
 
 def test_class_on_an_unconditional_model_is_one_sentence(rgb_run, tmp_path):
-    r = cli("sample", rgb_run, "--n", "4", "--steps", "2", "--class", "1", "--out", tmp_path, env=_env(tmp_path))
+    r = cli_here("sample", rgb_run, "--n", "4", "--steps", "2", "--class", "1", "--out", tmp_path, env=_env(tmp_path))
     assert_clean_error(r, "--class needs a class-conditional model")
 
 
@@ -171,22 +171,22 @@ def test_class_conditional_folder_samples_requested_classes_with_guidance(tmp_pa
     _write_images(tmp_path / "imgs" / "a", 12, seed=3)
     _write_images(tmp_path / "imgs" / "b", 12, seed=4)
     env = _env(tmp_path / "data")
-    assert_ok(cli("train", "--data", "imagefolder", "-o", f"data.root={tmp_path / 'imgs'}", "-o", "data.size=8", "--cond", "class",
+    assert_ok(cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp_path / 'imgs'}", "-o", "data.size=8", "--cond", "class",
                   "-o", "network.cross_attention=true", "--name", "c", "--runs-dir", tmp_path / "runs", *TINY_IMG, env=env))
     run = tmp_path / "runs" / "c"
     assert (run / "grids" / "step-00000004.png").is_file()  # image runs: a grid at the end by default
     out = tmp_path / "s"
-    assert_ok(cli("sample", run, "--n", "6", "--steps", "3", "--class", "1", "--guidance", "2", "--out", out, env=env))
+    assert_ok(cli_here("sample", run, "--n", "6", "--steps", "3", "--class", "1", "--guidance", "2", "--out", out, env=env))
     with np.load(out / "ddpm-3steps-seed0-class1-w2.npz") as f:
         assert f["labels"].tolist() == [1] * 6 and f["samples"].shape == (6, 3, 8, 8)
-    r = cli("sample", run, "--n", "2", "--steps", "2", "--class", "2", "--out", out, env=env)
+    r = cli_here("sample", run, "--n", "2", "--steps", "2", "--class", "2", "--out", out, env=env)
     assert_clean_error(r, "--class 2 is not a class of this model", "0 to 1")
 
 
 def test_emoji32_trains_a_few_steps(tmp_path):
     if not EMOJI.is_dir():
         pytest.skip(f"the emoji32 images are not at {EMOJI} (shared/data/emoji32 beside the repository)")
-    r = cli("train", "--data", "imagefolder", "-o", f"data.root={EMOJI}", "--steps", "2", "--batch-size", "4",
+    r = cli_here("train", "--data", "imagefolder", "-o", f"data.root={EMOJI}", "--steps", "2", "--batch-size", "4",
             "-o", "network.channels=8", "-o", "network.channel_mult=[1,2]", "-o", "schedule.T=20", "--name", "e",
             "--runs-dir", tmp_path / "runs", env=_env(tmp_path / "data", DDPMCTL_SAMPLE_EVERY="0"))
     assert_ok(r)

@@ -13,7 +13,7 @@ from ddpmctl import registry
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.errors import DataError
 from ddpmctl.metrics.cas import cas
-from tests.conftest import assert_clean_error, assert_ok, cli
+from tests.conftest import assert_clean_error, assert_ok, cli_here
 from tests.test_images import TINY_IMG, _env, _write_images
 
 
@@ -23,7 +23,7 @@ def cond_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cond")
     _write_images(tmp / "imgs" / "cats", 12, seed=3)
     _write_images(tmp / "imgs" / "dogs", 12, seed=4)
-    assert_ok(cli("train", "--data", "imagefolder", "-o", f"data.root={tmp / 'imgs'}", "-o", "data.size=8", "--cond", "class",
+    assert_ok(cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp / 'imgs'}", "-o", "data.size=8", "--cond", "class",
                   "--name", "c", "--runs-dir", tmp / "runs", *TINY_IMG, env=_env(tmp / "data", DDPMCTL_SAMPLE_EVERY="0")))
     return tmp / "runs" / "c", tmp / "data"
 
@@ -33,7 +33,7 @@ def test_export_is_a_labelled_folder_for_torchvision_and_imagefolder(cond_run, t
 
     run, data = cond_run
     folder, out = tmp_path / "synthetic", tmp_path / "s"
-    assert_ok(cli("sample", run, "--per-class", "3", "--steps", "3", "--seed", "5", "--export", folder, "--out", out, env=_env(data)))
+    assert_ok(cli_here("sample", run, "--per-class", "3", "--steps", "3", "--seed", "5", "--export", folder, "--out", out, env=_env(data)))
     with np.load(out / "ddpm-3steps-seed5-3perclass.npz") as f:
         pixels, labels = f["samples"], f["labels"]
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
@@ -55,7 +55,7 @@ def test_export_is_a_labelled_folder_for_torchvision_and_imagefolder(cond_run, t
     assert [e["label"] for e in manifest["files"]] == labels.tolist()
 
     # eval reads the folder back with the model's labels; cas prints both accuracies and the counts
-    r = cli("eval", run, "--metric", "cas", "--samples", folder, "-o", "cas.steps=3", "-o", "cas.n_test=20", env=_env(data))
+    r = cli_here("eval", run, "--metric", "cas", "--samples", folder, "-o", "cas.steps=3", "-o", "cas.n_test=20", env=_env(data))
     assert_ok(r)
     assert "6 samples" in r.stdout and "real images instead" in r.stdout and "cas" in r.stdout
     saved = json.loads(next((run / "eval").glob("cas-*.json")).read_text())
@@ -66,8 +66,8 @@ def test_export_errors_are_one_sentence(cond_run, tmp_path):
     run, data = cond_run
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("x")
-    assert_clean_error(cli("sample", run, "--per-class", "2", "--export", tmp_path / "full", env=_env(data)), "is not empty")
-    assert_clean_error(cli("sample", run, "--per-class", "2", "--n", "4", env=_env(data)), "--n and --per-class")
+    assert_clean_error(cli_here("sample", run, "--per-class", "2", "--export", tmp_path / "full", env=_env(data)), "is not empty")
+    assert_clean_error(cli_here("sample", run, "--per-class", "2", "--n", "4", env=_env(data)), "--n and --per-class")
 
 
 # -- CAS ---------------------------------------------------------------------------------------
