@@ -20,7 +20,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # tests run two at a time (pytest -n 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# A small model and a short schedule: trains in seconds, still a real diffusion model.
+# A small model and a short schedule: trains in seconds, still a real diffusion model. As flags,
+# and as the settings of the Python API (ddpmctl.train).
+TINY_SETTINGS = dict(steps=300, network_options={"width": 32, "depth": 2}, schedule_options={"T": 100}, data_options={"n": 5000},
+                     batch_size=256, checkpoint_every=100)
 TINY = ["--steps", "300", "-o", "network.width=32", "-o", "network.depth=2", "-o", "schedule.T=100",
         "-o", "data.n=5000", "--batch-size", "256", "--checkpoint-every", "100"]
 
@@ -121,9 +124,10 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A 2-D run trained for 300 steps on 8 gaussians (session-wide; treat as read-only)."""
+    import ddpmctl
+
     runs = tmp_path_factory.mktemp("runs")
-    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "tiny", "--runs-dir", runs, *TINY))
-    return runs / "tiny"
+    return ddpmctl.train(data="8gaussians", name="tiny", runs_dir=runs, **TINY_SETTINGS).path
 
 
 MNIST_FILES = SHARED_DATA / "mnist"

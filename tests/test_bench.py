@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import ddpmctl
+
 from tests.conftest import assert_clean_error, assert_ok, cli_here
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny tensors: extra threads only contend on a shared machine
@@ -18,12 +20,10 @@ SAMPLERS = ["ddpm", "ddim", "dpm-solver++", "heun"]
 
 @pytest.fixture(scope="module")
 def sigma_run(tmp_path_factory) -> Path:
-    """8 gaussians, T = 100, learned variance (hybrid loss), 200 steps: seconds, via the CLI."""
+    """8 gaussians, T = 100, learned variance (hybrid loss), 200 steps: seconds, through the API."""
     runs = tmp_path_factory.mktemp("runs")
-    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "sigma", "--runs-dir", runs, "--learn-sigma",
-                  "--steps", "200", "-o", "network.width=64", "-o", "network.depth=2", "-o", "schedule.T=100",
-                  "-o", "data.n=2000", "--batch-size", "256", env=ONE_THREAD))
-    return runs / "sigma"
+    return ddpmctl.train(data="8gaussians", name="sigma", runs_dir=runs, learn_sigma=True, steps=200, batch_size=256,
+                         network_options={"width": 64, "depth": 2}, schedule_options={"T": 100}, data_options={"n": 2000}).path
 
 
 def test_bench_quality_writes_a_table_csv_json_and_plot(sigma_run):

@@ -9,10 +9,12 @@ import json
 import pytest
 from PIL import Image
 
+import ddpmctl
+
 from ddpmctl.convergence import curve, first_crossing
 from ddpmctl.stopping import Criteria, Threshold, parse_duration, smoothed
 from ddpmctl.run import RunDir
-from tests.conftest import TINY, assert_ok, cli_here
+from tests.conftest import TINY, TINY_SETTINGS, assert_ok, cli_here
 
 LOG10 = {"DDPMCTL_LOG_EVERY": "10", "OMP_NUM_THREADS": "1"}
 WATCH = ["--eval-every", "50", "--eval-n", "300"]
@@ -56,8 +58,7 @@ def new_minimum(points: list[tuple[int, float, float]], after: int = 100) -> tup
 def watched(tmp_path_factory):
     """The reference: TINY on 8 gaussians, evaluated every 50 steps, a loss record every 10 steps."""
     runs = tmp_path_factory.mktemp("runs")
-    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "watched", "--runs-dir", runs, *TINY, *WATCH, env=LOG10))
-    return runs / "watched"
+    return ddpmctl.train(data="8gaussians", name="watched", runs_dir=runs, log_every=10, eval_every=50, eval_n=300, **TINY_SETTINGS).path
 
 
 @pytest.fixture(scope="module")
