@@ -104,3 +104,13 @@ def test_imports_inside_functions_are_only_for_heavy_modules():
     mods = modules()
     hidden = sorted({f"{name} -> {t}" for name, path in mods.items() for t, inside in imports(path, set(mods)) if inside and t not in LAZY})
     assert not hidden, "imports inside functions (move them to the top, or add the module to LAZY with the reason): " + ", ".join(hidden)
+
+
+def test_cli_functions_are_short():
+    """The CLI is a thin face over the API: no function in ddpmctl/cli/ reaches 80 lines."""
+    long = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= 80:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "CLI functions of 80 lines or more: " + ", ".join(long)
