@@ -15,7 +15,6 @@ why the run stopped, and the step and time at which each threshold was met.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -23,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from ddpmctl import registry
-from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.datasets.base import to_float, to_uint8
 from ddpmctl.errors import ConfigError, NumericalError
 from ddpmctl.metrics.base import score
 from ddpmctl.pipeline import default_metric, sample
+from ddpmctl.samples import Samples
 from ddpmctl.stopping import LOSS_WINDOW, Criteria, Threshold, smoothed
 
 STRIP_IMAGES = 10  # images per row of the strip of samples over training
@@ -202,23 +199,15 @@ def samples_path(run_path: Path, step: int) -> Path:
 
 
 def save_samples(run_path: Path, step: int, x: torch.Tensor, labels: Optional[torch.Tensor], kind: str) -> Path:
-    """The evaluation's samples: all points, or STRIP_IMAGES of the images as uint8 pixels."""
+    """The evaluation's samples: all points, or STRIP_IMAGES of the images (as 8-bit pixels)."""
     if kind == "images":  # evenly spaced: every class of a conditional model (labels come in blocks)
         pick = torch.linspace(0, len(x) - 1, min(STRIP_IMAGES, len(x))).round().long()
-        x = to_uint8(x[pick])
-        labels = None if labels is None else labels[pick]
-    buf = io.BytesIO()
-    np.savez(buf, samples=x.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
-    path = samples_path(run_path, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+        x, labels = x[pick], None if labels is None else labels[pick]
+    return Samples(x.float().cpu(), None if labels is None else labels.cpu(), {"step": step}).save(samples_path(run_path, step))
 
 
 def load_samples(path: Path) -> torch.Tensor:
-    with np.load(path, allow_pickle=False) as f:
-        x = torch.from_numpy(f["samples"])
-    return to_float(x) if x.dtype == torch.uint8 else x.float()
+    return Samples.load(path).x
 
 
 def write_plots(run) -> list[Path]:

@@ -62,6 +62,18 @@ def test_export_is_a_labelled_folder_for_torchvision_and_imagefolder(cond_run, t
     assert saved["protocol"]["n"] == 6 and saved["protocol"]["classes"] == [0, 1]
 
 
+def test_bench_quality_scores_a_conditional_model_with_cas(cond_run):
+    """bench hands each sample's class to the metrics that take labels (before, cas failed there)."""
+    run, data = cond_run
+    r = cli_here("bench", "quality", run, "--metric", "cas", "--sampler", "ddim", "--steps", "2,3", "--n", "8",
+                 "-o", "cas.steps=3", "-o", "cas.n_test=20", env=_env(data))
+    assert_ok(r)
+    (saved,) = (run / "bench").glob("quality-cas-*.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [(row["sampler"], row["steps"], row["error"]) for row in rows] == [("ddim", 2, ""), ("ddim", 3, "")]
+    assert all(0 <= row["cas"] <= 1 for row in rows)
+
+
 def test_export_errors_are_one_sentence(cond_run, tmp_path):
     run, data = cond_run
     (tmp_path / "full").mkdir()
