@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from ddpmctl import registry, speed
-from tests.conftest import TINY, assert_clean_error, assert_ok, cli
+from tests.conftest import TINY, assert_clean_error, assert_ok, cli, cli_here
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def test_bench_speed_reports_throughput_and_memory(tmp_path):
     out = tmp_path / "speed.json"
-    r = cli("bench", "speed", "--model", "2d", "--nfe", "3", "--train-steps", "2", "--repeats", "2", "--batch-size", "32",
+    r = cli_here("bench", "speed", "--model", "2d", "--nfe", "3", "--train-steps", "2", "--repeats", "2", "--batch-size", "32",
             "--json", out, env=ONE_THREAD)
     assert_ok(r)
     assert "2d (mlp, batch 32)" in r.stdout and "train img/s" in r.stdout
@@ -34,7 +34,7 @@ def test_bench_speed_reports_throughput_and_memory(tmp_path):
 def test_bench_speed_against_diffusers_interleaves_and_prints_ratios(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "speed.json"
-    r = cli("bench", "speed", "--model", "mnist16", "--vs", "diffusers", "--nfe", "2", "--train-steps", "1", "--repeats", "2",
+    r = cli_here("bench", "speed", "--model", "mnist16", "--vs", "diffusers", "--nfe", "2", "--train-steps", "1", "--repeats", "2",
             "--batch-size", "8", "--json", out, env=ONE_THREAD)
     assert_ok(r)
     assert "ddpmctl / diffusers" in r.stdout
@@ -69,8 +69,8 @@ def test_bench_speed_without_diffusers_is_one_sentence(tmp_path):
 
 
 def test_bench_speed_rejects_unknown_models_and_too_many_steps():
-    assert_clean_error(cli("bench", "speed", "--model", "mnist17", env=ONE_THREAD), "mnist17", "mnist16")
-    assert_clean_error(cli("bench", "speed", "--model", "2d", "--nfe", "5000", env=ONE_THREAD), "5000", "1000")
+    assert_clean_error(cli_here("bench", "speed", "--model", "mnist17", env=ONE_THREAD), "mnist17", "mnist16")
+    assert_clean_error(cli_here("bench", "speed", "--model", "2d", "--nfe", "5000", env=ONE_THREAD), "5000", "1000")
 
 
 def test_channels_last_weights_compute_the_same_function():
@@ -90,7 +90,7 @@ def test_channels_last_weights_compute_the_same_function():
 
 def test_train_with_bf16_autocast_runs_and_saves_float32_weights(tmp_path):
     args = [a if a != "300" else "30" for a in TINY]
-    assert_ok(cli("train", "--data", "8gaussians", "--name", "bf16", "--runs-dir", tmp_path, *args, "--precision", "bf16",
+    assert_ok(cli_here("train", "--data", "8gaussians", "--name", "bf16", "--runs-dir", tmp_path, *args, "--precision", "bf16",
                   "--threads", "1", env=ONE_THREAD))
     from ddpmctl.checkpoint import load
 
