@@ -51,6 +51,8 @@ class TrainSettings(_Base):
     p_uncond: float = Field(0.1, ge=0, le=1, description="probability of dropping the label (classifier-free guidance)")
     learn_sigma: bool = Field(False, description="also learn the reverse-process variance (Nichol & Dhariwal 2021), hybrid loss")
     vlb_weight: float = Field(0.001, ge=0, description="lambda of the hybrid loss L_simple + lambda L_vlb (with learn_sigma)")
+    loss_weighting: Literal["none", "min-snr"] = Field("none", description="weighting of the loss over timesteps: none (L_simple, DDPM Algorithm 1) or min-snr (min-SNR-gamma, Hang et al. 2023)")
+    snr_gamma: float = Field(5.0, gt=0, description="gamma of min-SNR-gamma weighting: the x0 loss is weighted min(SNR_t, gamma)")
     steps: Optional[int] = Field(None, ge=1, description="training iterations")
     batch_size: Optional[int] = Field(None, ge=1, description="examples per iteration")
     lr: Optional[float] = Field(None, gt=0, description="AdamW peak learning rate")

@@ -58,19 +58,51 @@ def eps_x0_from_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, al
     return eps, x0
 
 
+def min_snr_weight(prediction: str, snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023, eq. 8 and sec. 3.4), per example.
+
+    The weight of the x0 loss is min(SNR_t, gamma), SNR_t = alpha_bar_t / (1 - alpha_bar_t); the
+    same weighting expressed for the network's own target: ||eps - eps_hat||^2 = SNR_t
+    ||x0 - x0_hat||^2, so eps-prediction gets min(SNR_t, gamma) / SNR_t, and
+    ||v - v_hat||^2 = (SNR_t + 1) ||x0 - x0_hat||^2, so v-prediction gets min(SNR_t, gamma) / (SNR_t + 1).
+    """
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (snr + 1.0)
+    raise ValueError(f"unknown prediction {prediction!r}; known: eps, x0, v")
+
+
 class DiffusionLoss:
-    """L_simple of DDPM Algorithm 1: E_{t, x_0, eps} || target - net(x_t, t) ||^2.
+    """L_simple of DDPM Algorithm 1: E_{t, x_0, eps} || target - net(x_t, t) ||^2, or with
+    ``snr_gamma`` the min-SNR-gamma weighted loss E_t w_t || target - net(x_t, t) ||^2
+    (Hang et al. 2023; ``min_snr_weight``).
 
     With ``p_uncond`` > 0, labels are replaced by the null label (index ``num_classes``)
     with that probability, which trains the unconditional model that classifier-free
     guidance needs (Ho & Salimans 2022).
     """
 
-    def __init__(self, schedule: Schedule, prediction: str = "eps", p_uncond: float = 0.0, num_classes: int = 0):
+    def __init__(self, schedule: Schedule, prediction: str = "eps", p_uncond: float = 0.0, num_classes: int = 0,
+                 snr_gamma: float | None = None):
         self.schedule = schedule
         self.prediction = prediction
         self.p_uncond = p_uncond
         self.num_classes = num_classes
+        self.snr_gamma = snr_gamma
+
+    def mse(self, out: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The mean squared error of ``out`` against the target, min-SNR weighted per example when asked."""
+        goal = target(self.prediction, self.schedule, x0, eps, t).float()
+        if self.snr_gamma is None:
+            return F.mse_loss(out.float(), goal)
+        err = (out.float() - goal) ** 2
+        a = self.schedule.alpha_bar.to(x0.device)[t]
+        w = min_snr_weight(self.prediction, a / (1.0 - a), self.snr_gamma).float()  # (B,)
+        return (w * err.reshape(err.shape[0], -1).mean(dim=1)).mean()
 
     def draw(self, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator):
         """t ~ U{0..T-1}, eps ~ N(0, I), x_t ~ q(x_t | x_0), and the labels with some dropped."""
@@ -85,8 +117,7 @@ class DiffusionLoss:
 
     def __call__(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         t, eps, x_t, y = self.draw(x0, y, generator)
-        out = net(x_t, t, y)
-        return F.mse_loss(out.float(), target(self.prediction, self.schedule, x0, eps, t).float())
+        return self.mse(net(x_t, t, y), x0, eps, t)
 
 
 def split_variance(out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -144,8 +175,8 @@ class HybridLoss(DiffusionLoss):
     """
 
     def __init__(self, schedule: Schedule, prediction: str = "eps", p_uncond: float = 0.0, num_classes: int = 0,
-                 vlb_weight: float = 0.001, decoder: str = "gaussian"):
-        super().__init__(schedule, prediction, p_uncond, num_classes)
+                 vlb_weight: float = 0.001, decoder: str = "gaussian", snr_gamma: float | None = None):
+        super().__init__(schedule, prediction, p_uncond, num_classes, snr_gamma)
         if decoder not in ("discretized", "gaussian"):
             raise ValueError(f"unknown decoder {decoder!r}; known: discretized, gaussian")
         self.vlb_weight = vlb_weight
@@ -157,7 +188,7 @@ class HybridLoss(DiffusionLoss):
         mean_out, v = split_variance(out.float(), x_t)
         if v is None:
             raise ValueError(f"learned variance needs a network built with out_mult=2; its output has shape {tuple(out.shape)}")
-        l_simple = F.mse_loss(mean_out, target(self.prediction, self.schedule, x0, eps, t).float())
+        l_simple = self.mse(mean_out, x0, eps, t)
         return l_simple + self.vlb_weight * self.schedule.T * self.vlb_term(mean_out.detach(), v, x0.float(), x_t.float(), t).mean()
 
     def vlb_term(self, mean_out, v, x0, x_t, t) -> torch.Tensor:

@@ -49,12 +49,14 @@ def loop_config(s: TrainSettings, batch_size: int, bf16: bool = False) -> LoopCo
 
 
 def objective(s: TrainSettings, ds: Dataset, schedule: Schedule) -> DiffusionLoss:
-    """The loss of resolved ``s``: L_simple (DDPM Algorithm 1), or the hybrid loss with a learned variance."""
+    """The loss of resolved ``s``: L_simple (DDPM Algorithm 1) or its min-SNR-gamma weighting, plus
+    L_vlb for a learned variance (the hybrid loss)."""
     p_uncond = s.p_uncond if (s.cond == "class" and ds.y is not None) else 0.0
+    gamma = s.snr_gamma if s.loss_weighting == "min-snr" else None
     if s.learn_sigma:  # t = 1 term of L_vlb: discretized for 8-bit images, a density for points
         decoder = "discretized" if ds.kind == "images" else "gaussian"
-        return HybridLoss(schedule, s.prediction, p_uncond, ds.num_classes, s.vlb_weight, decoder)
-    return DiffusionLoss(schedule, s.prediction, p_uncond, ds.num_classes)
+        return HybridLoss(schedule, s.prediction, p_uncond, ds.num_classes, s.vlb_weight, decoder, snr_gamma=gamma)
+    return DiffusionLoss(schedule, s.prediction, p_uncond, ds.num_classes, snr_gamma=gamma)
 
 
 def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None) -> tuple[TrainSettings, Optional[RunDir]]:

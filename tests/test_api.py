@@ -165,3 +165,12 @@ def test_the_cli_is_a_face_over_the_api(tmp_path, monkeypatch, capsys):
     direct = ddpmctl.Run.load(FIXTURE).sample(n=64, sampler="ddim", steps=10, seed=3)
     assert torch.equal(written.x, direct.x) and written.record == direct.record
     assert Path(tmp_path / "ddim-10steps-seed3.png").is_file()
+
+
+def test_min_snr_weighting_trains_and_is_recorded(tmp_path):
+    run = ddpmctl.train(**TINY, name="minsnr", runs_dir=tmp_path, loss_weighting="min-snr", snr_gamma=2.0)
+    assert run.config.loss_weighting == "min-snr" and run.config.snr_gamma == 2.0
+    losses = [r["loss"] for r in run.metrics() if "loss" in r]
+    assert len(losses) == 6 and all(0 < v < 10 for v in losses)
+    with pytest.raises(ConfigError, match="different config"):  # the weighting changes the weights: not resumable
+        ddpmctl.train(resume=run.path, steps=80, loss_weighting="none")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpmctl.denoiser import Denoiser, to_eps_x0
-from ddpmctl.diffusion import DiffusionLoss, q_posterior, q_sample, target
+from ddpmctl.diffusion import DiffusionLoss, eps_x0_from_output, min_snr_weight, q_posterior, q_sample, target
 from ddpmctl.samplers.ddpm import ddpm
 from ddpmctl.schedules import cosine, linear
 
@@ -175,3 +175,42 @@ def test_label_dropout_uses_the_null_label():
     loss(Spy(), torch.zeros(10_000, 2), y, torch.Generator().manual_seed(0))
     frac_null = (seen[0] == 3).float().mean().item()
     assert 0.45 < frac_null < 0.55 and set(seen[0].unique().tolist()) == {0, 3}
+
+
+# -- min-SNR-gamma weighting (Hang et al. 2023) -------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighs_every_target_as_min_snr_gamma_times_the_x0_error(prediction):
+    """For any network output, the weighted loss on the network's own target equals
+    min(SNR_t, gamma) ||x0 - x0_hat||^2 (the weighting of the paper, in x0 space)."""
+    s = linear(200)
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = (torch.randn((64, 3), generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.randint(0, 200, (64,), generator=g)
+    a = s.alpha_bar[t]
+    x_t = q_sample(s, x0, t, eps)
+    _, x0_hat = eps_x0_from_output(prediction, out, x_t, a[:, None])
+    snr = a / (1 - a)
+    gamma = 5.0
+    weighted = min_snr_weight(prediction, snr, gamma) * ((out - target(prediction, s, x0, eps, t)) ** 2).sum(1)
+    assert torch.allclose(weighted, snr.clamp(max=gamma) * ((x0 - x0_hat) ** 2).sum(1), rtol=1e-8)
+    assert (snr > gamma).any() and (snr < gamma).any()  # both sides of the clip are exercised
+
+
+def test_min_snr_loss_with_a_huge_gamma_is_l_simple_and_vanishes_for_the_exact_target():
+    s = linear(100)
+    x0 = torch.randn(256, 2)
+    net = lambda x_t, t, y: torch.zeros_like(x_t)  # noqa: E731
+    plain = DiffusionLoss(s)(net, x0, None, torch.Generator().manual_seed(3))
+    huge = DiffusionLoss(s, snr_gamma=1e12)(net, x0, None, torch.Generator().manual_seed(3))
+    assert torch.allclose(plain, huge, rtol=1e-6)
+    clipped = DiffusionLoss(s, snr_gamma=1.0)(net, x0, None, torch.Generator().manual_seed(3))
+    assert clipped < plain  # eps weights min(SNR, 1) / SNR are at most 1, below 1 wherever SNR > 1
+
+    class Oracle:  # outputs the exact eps the loss drew
+        def __call__(self, x_t, t, y):
+            a = s.alpha_bar[t].float()[:, None]
+            return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    assert DiffusionLoss(s, snr_gamma=5.0)(Oracle(), x0, None, torch.Generator().manual_seed(3)) < 1e-8

@@ -27,6 +27,7 @@ def train(
     cond: Annotated[Optional[str], typer.Option(help="none, or class for a class-conditional model.")] = None,
     learn_sigma: Annotated[Optional[bool], typer.Option("--learn-sigma/--no-learn-sigma", help="Also learn the variance (hybrid loss, Nichol & Dhariwal 2021).")] = None,
     vlb_weight: Annotated[Optional[float], typer.Option(help="lambda of L_simple + lambda L_vlb with --learn-sigma (default 0.001).")] = None,
+    loss_weighting: Annotated[Optional[str], typer.Option(help="none (L_simple) or min-snr (min-SNR-gamma, Hang et al. 2023; gamma from snr_gamma, default 5).")] = None,
     digits: Annotated[Optional[str], typer.Option(help="Digit subset for MNIST-like data, e.g. 0 or 0,1,7.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training iterations.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per iteration.")] = None,
@@ -57,7 +58,7 @@ def train(
     flags = dict(
         data=data, network=network, schedule=schedule, prediction=prediction, cond=cond, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, name=name, runs_dir=runs_dir, device=device,
-        checkpoint_every=checkpoint_every, learn_sigma=learn_sigma, on_nonfinite=on_nonfinite, vlb_weight=vlb_weight,
+        checkpoint_every=checkpoint_every, learn_sigma=learn_sigma, on_nonfinite=on_nonfinite, vlb_weight=vlb_weight, loss_weighting=loss_weighting,
         data_options=opts["data"] or None, network_options=opts["network"] or None, schedule_options=opts["schedule"] or None,
         eval_every=eval_every, eval_metric=eval_metric, eval_n=eval_n, eval_options=opts["eval"] or None,
         until_loss=until_loss, until_metric=until_metric, max_time=max_time,
