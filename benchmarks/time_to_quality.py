@@ -35,7 +35,7 @@ from ddpmctl import load_dataset, speed
 from ddpmctl.config import TrainSettings, saved
 from ddpmctl.convergence import watch
 from ddpmctl.devices import fast_math, pick_device, set_threads
-from ddpmctl.pipeline import Model, build_network, build_schedule, resolve
+from ddpmctl.pipeline import Model, build_network, build_process, resolve
 from ddpmctl.record import DataInfo, RunRecord
 from ddpmctl.session import loop_config, objective
 from ddpmctl.training import Hooks, LoopConfig, make_state, train
@@ -87,20 +87,20 @@ def main() -> None:
     cfg = s.model_dump(mode="json")
     loop = loop_config(s, s.batch_size)
     x = ds.x.to(device)
-    schedule = build_schedule(s)
+    process = build_process(s)
     record = RunRecord(s, DataInfo.of(ds))
     evaluator = watch(s, ds).evaluator  # what `ddpmctl train --eval-every` scores
 
     torch.manual_seed(args.seed)
     ours = make_state(build_network(s, ds.shape, 0), loop, device, args.seed)
-    loss = objective(s, ds, schedule)
+    loss = objective(s, ds, process)
     theirs = DiffusersSide(x, loop, args.seed, device)
     print(f"parameters: ddpmctl {sum(p.numel() for p in ours.net.parameters()):,}, diffusers {sum(p.numel() for p in theirs.unet.parameters()):,}", flush=True)
 
     sides = {
         "ddpmctl": (lambda k: _ours_chunk(ours, loss, x, loop, k),
-                    lambda: Model(None, record, ours.ema, schedule, ours.step, device, _dataset=ds)),
-        "diffusers": (theirs.train, lambda: Model(None, record, theirs.ema_net(), schedule, theirs.step, device, _dataset=ds)),
+                    lambda: Model(None, record, ours.ema, process, ours.step, device, _dataset=ds)),
+        "diffusers": (theirs.train, lambda: Model(None, record, theirs.ema_net(), process, theirs.step, device, _dataset=ds)),
     }
     curves = {name: [] for name in sides}
     reached = {}

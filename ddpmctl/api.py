@@ -165,10 +165,10 @@ class Run:
         registry.validate_options("sampler", sampler, options)
         frames: list[tuple[str, torch.Tensor]] = []
 
-        def keep(i, S, t, x_t, x0_hat):  # x_t at about 40 steps of the first batch
+        def keep(i, S, sigma, x_t, x0_hat):  # x_t at about 40 steps of the first batch
             every = max(1, S // 40)
             if i == 1 or i % every == 0 or i == S:
-                frames.append((f"t = {t}" if i < S else "t = 0 (x_0)", (x_t[:8] if images else x_t).float().cpu()))
+                frames.append((f"step {i}, sigma = {sigma:.3g}" if i < S else "x_0", (x_t[:8] if images else x_t).float().cpu()))
 
         done = [0]
 
@@ -183,7 +183,7 @@ class Run:
 
     def check_steps(self, steps: Optional[int]) -> None:
         """A step count of sampling: at most the model's T training steps."""
-        T = self.model.schedule.T
+        T = self.model.process.max_steps
         if steps is not None and steps > T:
             raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")
 

@@ -126,7 +126,7 @@ class Evaluator:
         was_training = net.training
         net.eval()
         try:
-            x, rec = sample(model, self.n, self.sampler, min(self.steps, model.schedule.T), self.seed, labels=self.labels, batch_size=1024)
+            x, rec = sample(model, self.n, self.sampler, min(self.steps, model.process.max_steps), self.seed, labels=self.labels, batch_size=1024)
         except NumericalError as exc:  # a diverging model is a point of the curve, not the end of training
             return {"step": model.step, "event": "eval", "metric": self.metric, "values": {}, "error": str(exc)}, None
         finally:

@@ -1,22 +1,24 @@
 """The denoiser: the only thing samplers call.
 
-It wraps a network and its schedule and hides how the network is parameterised (eps, x0
-or v) and how guidance is applied. Samplers ask it for eps_hat and x0_hat at x_t, t.
+It wraps a network and its process and hides how the network is parameterised (eps, x0, v,
+EDM's preconditioning, a velocity) and how guidance is applied. Samplers ask it for x0_hat and
+eps_hat at a scaled state x and a noise level sigma (Karras et al. 2022's D(x; sigma)).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 
-from ddpmctl.diffusion import eps_x0_from_output, gather, split_variance
+from ddpmctl.diffusion import eps_x0_from_output, split_variance
+from ddpmctl.processes import DDPM, Process
 from ddpmctl.schedules import Schedule
 
 
 class Prediction(NamedTuple):
-    eps: torch.Tensor  # eps_hat, shape of x_t
-    x0: torch.Tensor  # x0_hat, shape of x_t
+    eps: torch.Tensor  # eps_hat = (x - x0_hat) / sigma, shape of x
+    x0: torch.Tensor  # x0_hat, shape of x
     # Learned variance only (networks built with out_mult=2): the interpolation weight v of
     # Nichol & Dhariwal 2021, eq. 15, Sigma = exp(v log beta_t + (1 - v) log beta-tilde_t),
     # shape of x_t; None when the network predicts no variance.
@@ -38,23 +40,29 @@ def dynamic_threshold(x0: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class Denoiser:
-    """D(x_t, t, y) -> Prediction(eps_hat, x0_hat, var_interp).
+    """D(x, sigma, y) -> Prediction(eps_hat, x0_hat, var_interp), on EDM's scaled state.
 
-    ``guidance`` is the classifier-free guidance scale s: eps = eps_u + s (eps_c - eps_u),
-    so s = 1 is the plain conditional model and s = 0 the unconditional one.
+    ``x`` is x_t / a at noise level ``sigma`` (processes.py: x / a = x_0 + sigma eps), for any
+    process; the process turns (x, sigma) into the network's input and its output into x0_hat,
+    and eps_hat = (x - x0_hat) / sigma. ``sigma`` is a float, a 0-d tensor or one level per row.
+
+    ``guidance`` is the classifier-free guidance scale s: out = out_u + s (out_c - out_u) on the
+    network's outputs, so s = 1 is the plain conditional model and s = 0 the unconditional one.
     ``clip_x0`` clamps x0_hat to [-c, c] (for images in [-1, 1]); ``dynamic_threshold`` p
     (a percentile, e.g. 99.5) applies Imagen's dynamic thresholding (before the clamp when
-    both are given); eps_hat is then recomputed from the new x0_hat. The number of x0_hat
-    values they changed is kept in ``clip_count``, out of ``x0_count`` values seen, for
-    numerical-stability reports.
-    A network with twice the channels of x_t (built with out_mult=2) also predicts the
+    both are given); eps_hat then follows the new x0_hat. The number of x0_hat values they
+    changed is kept in ``clip_count``, out of ``x0_count`` values seen, for numerical-stability
+    reports. A network with twice the channels of x (built with out_mult=2) also predicts the
     variance; its second half, in [-1, 1], becomes ``var_interp`` = (out + 1) / 2.
+
+    ``process`` is a processes.Process; a schedules.Schedule stands for the DDPM process of that
+    schedule with the given ``prediction``.
     """
 
     def __init__(
         self,
         net: torch.nn.Module,
-        schedule: Schedule,
+        process: Union[Process, Schedule],
         prediction: str = "eps",
         num_classes: int = 0,
         guidance: float = 1.0,
@@ -62,8 +70,7 @@ class Denoiser:
         dynamic_threshold: float | None = None,
     ):
         self.net = net
-        self.schedule = schedule
-        self.prediction = prediction
+        self.process = DDPM(process, prediction) if isinstance(process, Schedule) else process
         self.num_classes = num_classes
         self.guidance = guidance
         self.clip_x0 = clip_x0
@@ -72,26 +79,27 @@ class Denoiser:
         self.clip_count = 0
         self.x0_count = 0
 
-    def _net(self, x_t, t, y):
+    def _net(self, x, sigma, y):
         self.nfe += 1
+        x_in, c_noise = self.process.network_input(x, sigma)
         dtype = next(self.net.parameters()).dtype
-        return self.net(x_t.to(dtype), t, y).to(x_t.dtype)
+        return self.net(x_in.to(dtype), c_noise, y).to(x.dtype)
 
     @torch.no_grad()
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Prediction:
-        if t.ndim == 0:
-            t = t.expand(x_t.shape[0])
+    def __call__(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None) -> Prediction:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
         if y is not None and self.guidance != 1.0:
             null = torch.full_like(y, self.num_classes)
-            out = self._net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+            out = self._net(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([y, null]))
             out_c, out_u = out.chunk(2)
-            out_c, var_interp = split_variance(out_c, x_t)
-            out_u, _ = split_variance(out_u, x_t)
+            out_c, var_interp = split_variance(out_c, x)
+            out_u, _ = split_variance(out_u, x)
             out = out_u + self.guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
         else:
-            out, var_interp = split_variance(self._net(x_t, t, y), x_t)
-        a = gather(self.schedule.alpha_bar, t, x_t)
-        eps, x0 = eps_x0_from_output(self.prediction, out, x_t, a)
+            out, var_interp = split_variance(self._net(x, sigma, y), x)
+        x0 = self.process.x0_from_output(out, x, sigma)
         if self.clip_x0 is not None or self.dynamic_threshold is not None:
             x0_raw = x0
             if self.dynamic_threshold is not None:
@@ -100,5 +108,5 @@ class Denoiser:
                 x0 = x0.clamp(-self.clip_x0, self.clip_x0)
             self.clip_count += int((x0 != x0_raw).sum())
             self.x0_count += x0.numel()
-            eps = (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()  # eps consistent with the clipped x0_hat
-        return Prediction(eps, x0, var_interp)
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return Prediction((x - x0) / s, x0, var_interp)

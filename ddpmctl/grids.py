@@ -15,7 +15,7 @@ import torch
 from ddpmctl import registry
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.samplers.base import randn
-from ddpmctl.schedules import Schedule
+from ddpmctl.processes import Process
 
 
 def preview_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
@@ -28,8 +28,7 @@ def preview_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
 @torch.no_grad()
 def preview(
     net: torch.nn.Module,
-    schedule: Schedule,
-    prediction: str,
+    process: Process,
     num_classes: int,
     data_shape: tuple[int, ...],
     path: Path,
@@ -51,6 +50,6 @@ def preview(
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = randn((n, *data_shape), g, device)
     fn, opts = registry.resolve("sampler", sampler, None)
-    den = Denoiser(net, schedule, prediction, num_classes, 1.0, 1.0)  # plain conditional, x0_hat clipped to [-1, 1]
-    x0, _ = fn(den, x_T, min(steps, schedule.T), g, None, y, **opts.model_dump())
+    den = Denoiser(net, process, num_classes=num_classes, guidance=1.0, clip_x0=1.0)  # plain conditional, x0_hat clipped to [-1, 1]
+    x0, _ = fn(den, x_T, min(steps, process.max_steps), g, None, y, **opts.model_dump())
     return plots.image_grid(x0.float().cpu(), path, nrow=nrow)

@@ -28,13 +28,13 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alphas: torch.Tensor) -> torch.Ten
     return out.reshape(len(alphas), *z0.shape).to(z0.dtype)
 
 
-def decode(denoiser, x_T: torch.Tensor, steps: int, y: torch.Tensor | None = None, spacing: str = "uniform") -> torch.Tensor:
+def decode(denoiser, x_T: torch.Tensor, steps: int, y: torch.Tensor | None = None, spacing: str = "auto") -> torch.Tensor:
     """x_T -> x_0 with deterministic DDIM (eta = 0)."""
     x0, _ = ddim(denoiser, x_T, steps, None, None, y, eta=0.0, spacing=spacing)
     return x0
 
 
-def encode(denoiser, x_0: torch.Tensor, steps: int, y: torch.Tensor | None = None, spacing: str = "uniform",
+def encode(denoiser, x_0: torch.Tensor, steps: int, y: torch.Tensor | None = None, spacing: str = "auto",
            refine: int = 3) -> torch.Tensor:
     """x_0 -> x_T by DDIM inversion (``refine`` fixed-point iterations per step make decoding
     give back x_0 closely)."""
@@ -43,7 +43,7 @@ def encode(denoiser, x_0: torch.Tensor, steps: int, y: torch.Tensor | None = Non
 
 
 def interpolate(denoiser, z0: torch.Tensor, z1: torch.Tensor, frames: int, steps: int,
-                y: torch.Tensor | None = None, spacing: str = "uniform") -> torch.Tensor:
+                y: torch.Tensor | None = None, spacing: str = "auto") -> torch.Tensor:
     """Decode `frames` latents spherically interpolated from z0 to z1 (both (B, *D)); returns
     (frames, B, *D). ``y`` (B,) labels, repeated for every frame."""
     K, B = frames, z0.shape[0]

@@ -19,7 +19,8 @@ from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.devices import channels_last_pays, pick_device
-from ddpmctl.errors import DataError, DdpmctlError, UnknownNameError
+from ddpmctl.errors import ConfigError, DataError, DdpmctlError, UnknownNameError
+from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, PluginInfo, RunRecord
 from ddpmctl.run import RunDir
 from ddpmctl.samplers.base import randn
@@ -54,7 +55,7 @@ def default_metric(kind: str, shape) -> str:
 
 def plugin_record(s: TrainSettings) -> dict[str, PluginInfo]:
     out = {}
-    for kind, name in (("dataset", s.data), ("network", s.network), ("schedule", s.schedule)):
+    for kind, name in (("dataset", s.data), ("network", s.network), ("schedule", s.schedule), ("process", s.process)):
         e = registry.entry(kind, name)
         out[kind] = PluginInfo(name, e.dist, e.version)
     return out
@@ -77,6 +78,23 @@ def build_schedule(s: TrainSettings) -> Schedule:
     return registry.build("schedule", s.schedule, s.schedule_options)
 
 
+DDPM_ONLY = {"learn_sigma": False, "loss_weighting": "none", "prediction": "eps"}  # settings of the ddpm process alone
+
+
+def check_process(s: TrainSettings) -> None:
+    """Refuse settings that only the ddpm process reads, set for another process."""
+    if s.process == "ddpm":
+        return
+    for key, default in DDPM_ONLY.items():
+        if getattr(s, key) != default:
+            raise ConfigError(f"{key} applies to the ddpm process only, not to {s.process}; drop it or train with --process ddpm.")
+
+
+def build_process(s: TrainSettings) -> Process:
+    """The diffusion process of resolved settings ``s``: its plugin, given the schedule and prediction target."""
+    return registry.build("process", s.process, s.process_options, schedule=build_schedule(s), prediction=s.prediction)
+
+
 def run_name(s: TrainSettings) -> str:
     return s.name or f"{s.data}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -89,7 +107,7 @@ class Model:
     run: Optional[RunDir]
     record: RunRecord
     net: torch.nn.Module
-    schedule: Schedule
+    process: Process
     step: int
     device: torch.device
     _dataset: Optional[Dataset] = field(default=None, repr=False)
@@ -125,7 +143,7 @@ class Model:
 
     def denoiser(self, guidance: float = 1.0, clip_x0: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
         """A denoiser of this model; ``clip_x0`` as in ``resolve_clip``."""
-        return Denoiser(self.net, self.schedule, self.config.prediction, self.num_classes, guidance, self.resolve_clip(clip_x0), dynamic_threshold)
+        return Denoiser(self.net, self.process, self.config.prediction, self.num_classes, guidance, self.resolve_clip(clip_x0), dynamic_threshold)
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
@@ -148,7 +166,7 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
         net = net.to(memory_format=torch.channels_last)
     if compile:
         net = torch.compile(net)
-    return Model(run, record, net, build_schedule(record.config), int(meta["step"]), dev, changes=provenance_changes(meta))
+    return Model(run, record, net, build_process(record.config), int(meta["step"]), dev, changes=provenance_changes(meta))
 
 
 def provenance_changes(meta: dict) -> list[str]:
@@ -222,7 +240,7 @@ def sample(
         if on_batch:
             on_batch(b)
     record = {
-        "n": n, "sampler": sampler, "options": opts.model_dump(), "steps": steps or model.schedule.T,
+        "n": n, "sampler": sampler, "options": opts.model_dump(), "steps": steps or model.process.default_steps,
         "nfe": nfe, "seed": seed, "guidance": guidance, "clip_x0": model.resolve_clip(clip_x0),
         "dynamic_threshold": dynamic_threshold, "clipped_values": clipped, "clipped_fraction": clipped / seen if seen else 0.0,
         "checkpoint_step": model.step,

@@ -28,14 +28,13 @@ from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.config import RESUMABLE, TrainSettings, load_settings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_threads, use_bf16
-from ddpmctl.diffusion import DiffusionLoss, HybridLoss
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.events import Events
 from ddpmctl.grids import preview
-from ddpmctl.pipeline import Model, build_dataset, build_network, build_schedule, plugin_record, provenance_changes, resolve, run_name, versions
+from ddpmctl.pipeline import Model, build_dataset, build_network, build_process, check_process, plugin_record, provenance_changes, resolve, run_name, versions
+from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, RunRecord
 from ddpmctl.run import RunDir
-from ddpmctl.schedules import Schedule
 from ddpmctl.training import Hooks, LoopConfig, TrainState, make_state, train as train_loop
 
 
@@ -48,15 +47,15 @@ def loop_config(s: TrainSettings, batch_size: int, bf16: bool = False) -> LoopCo
     )
 
 
-def objective(s: TrainSettings, ds: Dataset, schedule: Schedule) -> DiffusionLoss:
-    """The loss of resolved ``s``: L_simple (DDPM Algorithm 1) or its min-SNR-gamma weighting, plus
-    L_vlb for a learned variance (the hybrid loss)."""
+def objective(s: TrainSettings, ds: Dataset, process: Process):
+    """The loss of resolved ``s``, the process's own: for ddpm L_simple (DDPM Algorithm 1) or its
+    min-SNR-gamma weighting, plus L_vlb for a learned variance (the hybrid loss); EDM's weighted
+    denoising loss; the flow-matching loss."""
     p_uncond = s.p_uncond if (s.cond == "class" and ds.y is not None) else 0.0
     gamma = s.snr_gamma if s.loss_weighting == "min-snr" else None
-    if s.learn_sigma:  # t = 1 term of L_vlb: discretized for 8-bit images, a density for points
-        decoder = "discretized" if ds.kind == "images" else "gaussian"
-        return HybridLoss(schedule, s.prediction, p_uncond, ds.num_classes, s.vlb_weight, decoder, snr_gamma=gamma)
-    return DiffusionLoss(schedule, s.prediction, p_uncond, ds.num_classes, snr_gamma=gamma)
+    # L_vlb's t = 1 term with a learned variance: discretized for 8-bit images, a density for points.
+    decoder = "discretized" if ds.kind == "images" else "gaussian"
+    return process.loss(p_uncond, ds.num_classes, learn_sigma=s.learn_sigma, vlb_weight=s.vlb_weight, decoder=decoder, snr_gamma=gamma)
 
 
 def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None) -> tuple[TrainSettings, Optional[RunDir]]:
@@ -98,7 +97,7 @@ class Session:
         fast_math(self.device)
         torch.manual_seed(s.seed)
         self.net = build_network(s, ds.shape, ds.num_classes)
-        self.schedule = build_schedule(s)
+        self.process = build_process(s)
         self.loop = loop_config(s, self.rank_batch, use_bf16(s.precision, self.device))
         channels_last = ds.kind == "images" and channels_last_pays(self.device, training=True)
         self.state: TrainState = make_state(self.net, self.loop, self.device, s.seed, channels_last=channels_last, compile=s.compile)
@@ -119,6 +118,8 @@ class Session:
         # Names and options are checked before anything heavy is built.
         registry.validate_options("dataset", s.data, s.data_options)
         registry.validate_options("schedule", s.schedule, s.schedule_options)
+        registry.validate_options("process", s.process, s.process_options)
+        check_process(s)
         if s.network is not None:
             registry.validate_options("network", s.network, s.network_options)
         world = distributed.world_from_env()  # torchrun: this process's rank; else one process
@@ -135,7 +136,7 @@ class Session:
 
     def model(self) -> Model:
         """The EMA weights now, as a model to sample (the evaluations score it)."""
-        return Model(self.run_dir, self.record, self.state.ema, self.schedule, self.state.step, self.device, _dataset=self.ds)
+        return Model(self.run_dir, self.record, self.state.ema, self.process, self.state.step, self.device, _dataset=self.ds)
 
     def _measure(self) -> tuple[dict, Optional[torch.Tensor]]:
         return self.watch.evaluator(self.model())
@@ -211,7 +212,7 @@ class Session:
             if self.first is not None:
                 self._log_eval({**self.first[0], "time": round(self.offset, 3)}, self.first[1])
             hooks = Hooks(log=self._log, checkpoint=self._save, progress=self._progress, stop=lambda: self._should_stop(stop))
-            why = train_loop(state, objective(s, ds, self.schedule), x, y, self.loop, hooks)
+            why = train_loop(state, objective(s, ds, self.process), x, y, self.loop, hooks)
             ended = time.perf_counter()  # before the plots
         finally:
             if self.world.main:
@@ -266,7 +267,7 @@ class Session:
             self.events.progress("train", step, s.steps, self.status)
         if self.world.main and s.sample_every and self.ds.kind == "images" and (step % s.sample_every == 0 or step == s.steps):
             # image runs: a fixed-seed sample grid of the EMA weights every sample_every steps
-            preview(self.state.ema, self.schedule, s.prediction, self.ds.num_classes if s.cond == "class" else 0, self.ds.shape,
+            preview(self.state.ema, self.process, self.ds.num_classes if s.cond == "class" else 0, self.ds.shape,
                     self.run_dir.path / "grids" / f"step-{step:08d}.png", seed=s.seed)
         if self.world.main and self.watch.every and (step % self.watch.every == 0 or step == s.steps):
             self._log_eval(*self._measure())

@@ -36,7 +36,7 @@ from ddpmctl.datasets.base import Dataset
 from ddpmctl.devices import channels_last_pays, fast_math, use_bf16
 from ddpmctl.errors import ConfigError, OptionsError
 from ddpmctl.networks.unet import _groups, default_sizes
-from ddpmctl.pipeline import Model, build_network, build_schedule, sample
+from ddpmctl.pipeline import Model, build_network, build_process, sample
 from ddpmctl.record import DataInfo, RunRecord
 from ddpmctl.session import loop_config, objective
 from ddpmctl.training import lr_at, make_state, train
@@ -131,8 +131,8 @@ class Ours:
         train_cl = images and channels_last_pays(device, training=True) if channels_last is None else channels_last
         self.sample_cl = images and channels_last_pays(device, training=False) if channels_last is None else channels_last
         self.state = make_state(net, self.loop, device, seed, channels_last=train_cl, compile=compile)
-        self.schedule = build_schedule(s)
-        self.loss = objective(s, ds, self.schedule)
+        self.process = build_process(s)
+        self.loss = objective(s, ds, self.process)
         self.record = RunRecord(s, DataInfo(spec["shape"], 0, spec["kind"], len(ds), 1.0))
         self.x = ds.x.to(device)
         self.compile, self.bf16 = compile, bf16
@@ -146,7 +146,7 @@ class Ours:
             net = copy.deepcopy(self.state.ema).to(memory_format=torch.channels_last if self.sample_cl else torch.contiguous_format)
             if self.compile:
                 net = torch.compile(net)
-            self._sampling_model = Model(None, self.record, net, self.schedule, 0, self.device)
+            self._sampling_model = Model(None, self.record, net, self.process, 0, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             sample(self._sampling_model, self.batch_size, "ddpm", nfe, seed=0, batch_size=self.batch_size)
 

@@ -83,8 +83,8 @@ class _OnePoint(torch.nn.Module):
         self.schedule, self.point = schedule, point
         self.p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
 
-    def forward(self, x_t, t, y=None):
-        a = self.schedule.alpha_bar[t].to(x_t).reshape(-1, *([1] * (x_t.ndim - 1)))
+    def forward(self, x_t, t, y=None):  # t: the (float) timestep, on the schedule's levels here
+        a = self.schedule.alpha_bar[t.round().long()].to(x_t).reshape(-1, *([1] * (x_t.ndim - 1)))
         return (x_t - a.sqrt() * self.point) / (1 - a).sqrt()
 
 

@@ -105,7 +105,7 @@ class OnePoint(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x_t, t, y=None):
-        a = self.schedule.alpha_bar[t].to(x_t)[:, None]
+        a = self.schedule.alpha_bar[t.round().long()].to(x_t)[:, None]  # t: the (float) timestep of a level
         return (x_t - a.sqrt() * self.point) / (1 - a).sqrt()
 
 
@@ -129,7 +129,7 @@ def test_ddpm_marginal_is_exact_for_gaussian_data():
 
     class GaussianOracle(OnePoint):
         def forward(self, x_t, t, y=None):
-            a = self.schedule.alpha_bar[t].to(x_t)[:, None]
+            a = self.schedule.alpha_bar[t.round().long()].to(x_t)[:, None]  # t: the (float) timestep of a level
             var_t = a * sd**2 + (1 - a)  # marginal variance of x_t
             # E[eps | x_t] = sqrt(1-a) (x_t - sqrt(a) m) / var_t
             return (1 - a).sqrt() * (x_t - a.sqrt() * m) / var_t

@@ -93,8 +93,8 @@ class HalfOptions(PluginOptions):
 
 @with_options(HalfOptions)
 def half(denoiser, x_T, steps=None, generator=None, callback=None, y=None):
-    """Ancestral sampling on every other timestep (a test plugin)."""
-    return ddpm(denoiser, x_T, denoiser.schedule.T // 2, generator, callback, y)
+    """Ancestral sampling on every other level (a test plugin)."""
+    return ddpm(denoiser, x_T, denoiser.process.max_steps // 2, generator, callback, y)
 '''
 
 

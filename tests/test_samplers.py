@@ -10,11 +10,11 @@ from ddpmctl import registry
 from ddpmctl.denoiser import Denoiser, dynamic_threshold, to_eps_x0
 from ddpmctl.diffusion import DiffusionLoss, HybridLoss, q_sample, target
 from ddpmctl.errors import NumericalError, OptionsError
-from ddpmctl.samplers.base import quadratic_timesteps, uniform_timesteps
+from ddpmctl.processes import DDPM
+from ddpmctl.samplers.base import sigma_grid
 from ddpmctl.samplers.ddim import ddim, ddim_invert
 from ddpmctl.samplers.ddpm import ddpm
-from ddpmctl.samplers.dpm_solver import logsnr_timesteps
-from ddpmctl.samplers.heun import heun, karras_timesteps
+from ddpmctl.samplers.heun import heun
 from ddpmctl.schedules import cosine, linear
 
 SAMPLERS = registry.names("sampler")
@@ -30,8 +30,8 @@ class GaussianOracle(torch.nn.Module):
         self.alpha_bar, self.mu, self.s, self.out_mult, self.v = schedule.alpha_bar, mu, s, out_mult, v
         self.dummy = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
 
-    def forward(self, x_t, t, y=None):
-        a = self.alpha_bar[t].reshape(-1, *([1] * (x_t.ndim - 1)))
+    def forward(self, x_t, t, y=None):  # t: the DDPM process's (float) timestep, on a level here
+        a = self.alpha_bar[t.round().long()].reshape(-1, *([1] * (x_t.ndim - 1)))
         x0 = self.mu + a.sqrt() * self.s**2 / (a * self.s**2 + 1 - a) * (x_t - a.sqrt() * self.mu)
         eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
         return eps if self.out_mult == 1 else torch.cat([eps, torch.full_like(eps, self.v)], dim=1)
@@ -104,7 +104,7 @@ def test_callback_sees_every_step(name):
                 callback=lambda i, S, t, x_t, x0_hat: seen.append((i, S, t, tuple(x_t.shape), tuple(x0_hat.shape))))
     S = seen[0][1]
     assert [s[0] for s in seen] == list(range(1, S + 1))
-    assert all(0 <= s[2] < sched.T and s[3] == s[4] == (4, 2) for s in seen)
+    assert all(sched.sigma[0] <= s[2] <= sched.sigma[-1] and s[3] == s[4] == (4, 2) for s in seen)
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -182,7 +182,7 @@ def test_respaced_ddpm_with_all_steps_is_plain_ddpm():
         g = torch.Generator().manual_seed(5)
         x = x_T.double()
         for t in reversed(range(sched.T)):
-            eps = den(x, torch.full((16,), t)).eps
+            eps = den(x / sched.alpha_bar[t].sqrt(), sched.sigma[t]).eps  # the denoiser reads the scaled state
             mean = (x - sched.beta[t] / (1 - sched.alpha_bar[t]).sqrt() * eps) / sched.alpha[t].sqrt()  # eq. 11
             x = mean + var[t].sqrt() * torch.randn(x.shape, generator=g).double() if t > 0 else mean
         assert nfe == sched.T
@@ -207,33 +207,34 @@ def test_learned_variance_without_the_model_is_a_clear_error():
         ddpm(Denoiser(GaussianOracle(sched, MU), sched), torch.randn(4, 2), 5, variance="learned")
 
 
-# -- timesteps ------------------------------------------------------------------------------------
+# -- noise-level grids ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fn", [uniform_timesteps, quadratic_timesteps,
-                                lambda T, S: logsnr_timesteps(linear(T=T), S), lambda T, S: karras_timesteps(linear(T=T), S, sigma_max=1e9)])
-def test_timesteps_are_distinct_increasing_and_end_at_the_noise(fn):
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr", "karras"])
+def test_discrete_grids_are_distinct_levels_of_the_model_decreasing_to_the_lowest(spacing):
+    process = DDPM(linear(T=100))
     for S in (1, 2, 5, 37, 99, 100):
-        t = fn(100, S)
-        assert len(t) == S and int(t[-1]) == 99 and bool((t.diff() > 0).all()) and int(t[0]) >= 0
-        if S > 1:
-            assert int(t[0]) == 0
+        g = sigma_grid(process, S, spacing, sigma_min=1e-9, sigma_max=1e9)
+        assert len(g) == S and bool((g.diff() < 0).all())
+        assert all(bool((process.levels == s).any()) for s in g)  # only levels the model was trained on
+        assert float(g[0]) == float(process.levels[-1]) and (S == 1 or float(g[-1]) == float(process.levels[0]))
 
 
 @pytest.mark.parametrize("make", [linear, cosine])
-def test_logsnr_timesteps_are_uniform_in_lambda(make):
-    sched = make(T=1000)
-    t = logsnr_timesteps(sched, 20)
-    gaps = (0.5 * sched.log_snr[t]).diff().abs()
-    free = t.diff() > 1  # neighbouring timesteps are as close as the model allows
+def test_logsnr_grid_is_uniform_in_lambda(make):
+    process = DDPM(make(T=1000))
+    g = sigma_grid(process, 20, "logsnr")
+    gaps = g.log().diff().abs()
+    t = process.time(g)
+    free = (t.diff().abs() > 1).tolist()  # neighbouring levels are as close as the model allows
     assert float(gaps[free].max() / gaps[free].min()) < 1.5
 
 
-def test_karras_sigmas_are_clamped_to_the_model_range():
-    sched = linear(T=100)
-    t = karras_timesteps(sched, 10, sigma_min=1e-6, sigma_max=1e6)
-    assert int(t[0]) == 0 and int(t[-1]) == 99
-    t = karras_timesteps(sched, 10, sigma_max=1.0)
-    assert float(sched.sigma[t[-1]]) == pytest.approx(1.0, rel=0.1)
+def test_karras_grid_is_clamped_to_the_model_range():
+    process = DDPM(linear(T=100))
+    g = sigma_grid(process, 10, "karras", sigma_min=1e-6, sigma_max=1e6)
+    assert float(g[-1]) == float(process.levels[0]) and float(g[0]) == float(process.levels[-1])
+    g = sigma_grid(process, 10, "karras", sigma_max=1.0)
+    assert float(g[0]) == pytest.approx(1.0, rel=0.1)
     with pytest.raises(OptionsError, match="sigma_min"):
         registry.validate_options("sampler", "heun", {"sigma_min": 2.0, "sigma_max": 1.0})
 
@@ -254,12 +255,12 @@ def test_denoiser_recovers_eps_and_x0_from_each_parameterisation(prediction):
             self.dummy = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
 
         def forward(self, x, tt, y=None):
-            return target(prediction, sched, x0, eps, tt)
+            return target(prediction, sched, x0, eps, tt.round().long())
 
-    pred = Denoiser(Exact(), sched, prediction)(x_t, t)
+    a = sched.alpha_bar[t].reshape(-1, 1)
+    pred = Denoiser(Exact(), sched, prediction)(x_t / a.sqrt(), sched.sigma[t])
     torch.testing.assert_close(pred.eps, eps)
     torch.testing.assert_close(pred.x0, x0)
-    a = sched.alpha_bar[t].reshape(-1, 1)
     back = to_eps_x0(prediction, target(prediction, sched, pred.x0, pred.eps, t), x_t, a)
     torch.testing.assert_close(back.x0, x0)
 
@@ -268,12 +269,10 @@ def test_clipping_and_dynamic_thresholding_bound_x0_and_are_counted():
     sched = linear(T=100)
     far = torch.tensor([5.0, -4.0], dtype=torch.float64)
     x_t = torch.randn(8, 2, dtype=torch.float64)
-    t = torch.full((8,), 50)
     den = Denoiser(GaussianOracle(sched, far), sched, clip_x0=1.0)
-    pred = den(x_t, t)
+    pred = den(x_t, sched.sigma[50])
     assert float(pred.x0.abs().max()) <= 1.0 and den.clip_count == 16 and den.x0_count == 16
-    a = sched.alpha_bar[50]
-    torch.testing.assert_close(pred.eps, (x_t - a.sqrt() * pred.x0) / (1 - a).sqrt())  # consistent with the clipped x0
+    torch.testing.assert_close(pred.eps, (x_t - pred.x0) / sched.sigma[50])  # consistent with the clipped x0
     x = torch.tensor([[0.5, -0.2, 3.0, -4.0], [0.1, 0.2, -0.3, 0.9]])
     out = dynamic_threshold(x, 50.0)
     assert float(out.abs().max()) <= 1.0 and torch.equal(out[1], x[1])  # within [-1, 1]: untouched
@@ -310,5 +309,5 @@ def test_learned_variance_network_trains_end_to_end():
     loss.backward()
     last = net.out[-1]
     assert torch.isfinite(loss) and float(last.weight.grad[2:].abs().sum()) > 0  # rows of the variance outputs
-    pred = Denoiser(net, sched)(torch.randn(4, 2), torch.full((4,), 10))
+    pred = Denoiser(net, sched)(torch.randn(4, 2), sched.sigma[10])
     assert pred.var_interp is not None and pred.var_interp.shape == (4, 2)

@@ -77,7 +77,7 @@ def quality(
     samplers = _names(sampler, "--sampler")
     metrics = _names(metric, "--metric") if metric else [default_metric(model.data.kind, model.data.shape)]
     step_list = _steps(steps, run_)
-    ref = _reference(reference, model.schedule.T) if reference else None
+    ref = _reference(reference, model.process.max_steps) if reference else None
     opts = parse_options(option, kinds=tuple(dict.fromkeys(samplers + metrics)))
     grid = [(s, k) for s in samplers for k in step_list]
     if ref is not None and ref not in grid:

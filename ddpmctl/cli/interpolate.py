@@ -13,6 +13,7 @@ from ddpmctl.cli.common import console, load_run
 from ddpmctl.errors import OptionsError
 from ddpmctl.interpolation import encode, interpolate as walk
 from ddpmctl.pipeline import Model
+from ddpmctl.samplers.base import SPACINGS
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:
@@ -31,7 +32,7 @@ def interpolate(
     steps: Annotated[int, typer.Option(min=1, help="DDIM steps of the decoding (and of the inversion).")] = 50,
     n: Annotated[int, typer.Option(min=1, max=5000, help="2-D runs with --seeds: points whose paths are drawn.")] = 200,
     class_: Annotated[Optional[int], typer.Option("--class", min=0, help="Class label for a conditional model (default: the unconditional, null label).")] = None,
-    spacing: Annotated[str, typer.Option(help="DDIM timestep spacing: uniform or quadratic.")] = "uniform",
+    spacing: Annotated[str, typer.Option(help="DDIM noise-level grid: auto (the process's own), uniform, quadratic, logsnr or karras.")] = "auto",
     refine: Annotated[int, typer.Option(min=0, max=20, help="With --images: fixed-point iterations per inversion step (each one network evaluation); more reconstructs the ends more exactly.")] = 3,
     clip: Annotated[Optional[float], typer.Option(min=0, help="Clamp x0_hat to [-CLIP, CLIP] at every step; 0 turns clipping off (default: [-1, 1] for images, 1.25 x the data range for 2-D).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="PNG path (default: RUN/interpolate/...).")] = None,
@@ -41,8 +42,8 @@ def interpolate(
     run_ = load_run(run, device)
     run_.check_steps(steps)
     model = run_.model
-    if spacing not in ("uniform", "quadratic"):
-        raise OptionsError(f"unknown --spacing {spacing!r}; use uniform or quadratic.")
+    if spacing not in ("auto", *SPACINGS):
+        raise OptionsError(f"unknown --spacing {spacing!r}; use auto, {', '.join(SPACINGS)}.")
     y1 = _label(model, class_)
     den = model.denoiser(clip_x0=clip)
     shape = model.data.shape

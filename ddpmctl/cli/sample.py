@@ -50,7 +50,7 @@ def sample(
     with Rich(console) as events:
         drawn = run_.sample(n, sampler, steps, seed, classes, guidance, per_class, clip=clip, dynamic_threshold=dynamic_threshold,
                             options=parse_options(option), batch_size=batch_size, trajectory=trajectory, events=events)
-    stem = f"{sampler}-{steps or run_.model.schedule.T}steps-seed{seed}" + _label_stem(classes, guidance, drawn.labels)
+    stem = f"{sampler}-{steps or run_.model.process.default_steps}steps-seed{seed}" + _label_stem(classes, guidance, drawn.labels)
     stem += f"-{per_class}perclass" if per_class else ""
     out = out or run_.path / "samples"
     npz = drawn.save(out / f"{stem}.npz")

@@ -22,7 +22,8 @@ from ddpmctl.session import Session
 def train(
     data: Annotated[Optional[str], typer.Option(help="Dataset plugin (see `ddpmctl plugins list`).")] = None,
     network: Annotated[Optional[str], typer.Option(help="Network plugin (default: mlp for 2-D, unet for images).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="Noise schedule plugin: linear, cosine, ...")] = None,
+    process: Annotated[Optional[str], typer.Option(help="Diffusion process, the training objective: ddpm (default), edm (Karras et al. 2022) or flow (flow matching).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Noise schedule plugin of the ddpm process: linear, cosine, ...")] = None,
     prediction: Annotated[Optional[str], typer.Option(help="What the network predicts: eps, x0 or v.")] = None,
     cond: Annotated[Optional[str], typer.Option(help="none, or class for a class-conditional model.")] = None,
     learn_sigma: Annotated[Optional[bool], typer.Option("--learn-sigma/--no-learn-sigma", help="Also learn the variance (hybrid loss, Nichol & Dhariwal 2021).")] = None,
@@ -43,7 +44,7 @@ def train(
     until_loss: Annotated[Optional[float], typer.Option(help="Stop when the smoothed loss (mean of the last 5 logged) is at most X (0: off).")] = None,
     until_metric: Annotated[Optional[str], typer.Option(help="Stop when an evaluation reaches NAME<=X or NAME>=X, e.g. wasserstein<=0.1 (none: off).")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop when the run's wall time reaches this: seconds, or 90s, 15m, 1h (0: no limit).")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, eval (the --eval-metric) (repeatable).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, process, eval (the --eval-metric) (repeatable).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (below env and flags).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory from its last good checkpoint.")] = None,
     on_nonfinite: Annotated[Optional[str], typer.Option(help="stop (default): a NaN/inf loss or gradient ends the run, keeping the last good checkpoint; skip: drop that step and go on.")] = None,
@@ -52,14 +53,15 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA GPUs that support it, else float32), fp32 or bf16.")] = None,
 ):
     """Train a diffusion model; writes runs/<name>/ with config, checkpoints, metrics and plots."""
-    opts = parse_options(option, kinds=("data", "network", "schedule", "eval"))
+    opts = parse_options(option, kinds=("data", "network", "schedule", "process", "eval"))
     if digits is not None:
         opts["data"]["digits"] = digits
     flags = dict(
-        data=data, network=network, schedule=schedule, prediction=prediction, cond=cond, steps=steps,
+        data=data, network=network, process=process, schedule=schedule, prediction=prediction, cond=cond, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, name=name, runs_dir=runs_dir, device=device,
         checkpoint_every=checkpoint_every, learn_sigma=learn_sigma, on_nonfinite=on_nonfinite, vlb_weight=vlb_weight, loss_weighting=loss_weighting,
         data_options=opts["data"] or None, network_options=opts["network"] or None, schedule_options=opts["schedule"] or None,
+        process_options=opts["process"] or None,
         eval_every=eval_every, eval_metric=eval_metric, eval_n=eval_n, eval_options=opts["eval"] or None,
         until_loss=until_loss, until_metric=until_metric, max_time=max_time,
         threads=threads, compile=compile, precision=precision,

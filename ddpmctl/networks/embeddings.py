@@ -29,6 +29,6 @@ class TimeLabelEmbedding(nn.Module):
         emb = self.mlp(timestep_embedding(t, self.dim))
         if self.label is not None:
             if y is None:  # no label given: the null (unconditional) label
-                y = torch.full_like(t, self.label.num_embeddings - 1)
+                y = torch.full((t.shape[0],), self.label.num_embeddings - 1, dtype=torch.long, device=t.device)
             emb = emb + self.label(y)
         return emb

@@ -237,7 +237,7 @@ class UNet(nn.Module):
         if self.num_classes == 0:
             y = None
         elif y is None:
-            y = torch.full_like(t, self.num_classes)  # the null label: unconditional
+            y = torch.full((B,), self.num_classes, dtype=torch.long, device=t.device)  # the null label: unconditional
         emb = self.embed(t, y)  # (B, 4 ch)
         context = None
         if self.context is not None:

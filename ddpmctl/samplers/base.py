@@ -1,22 +1,37 @@
-"""What every sampler shares: the callback type and timestep spacings."""
+"""What every sampler shares: the callback type, the noise-level grids and the noise.
+
+Grids. A sampler visits a decreasing sequence of noise levels sigma_1 > ... > sigma_S (EDM's
+sigma; processes.py), then sigma = 0. ``sigma_grid`` builds it for any process from a spacing:
+
+    uniform     even in the process's native time (DDPM: the timestep t; EDM: sigma; flow: t)
+    quadratic   even in sqrt(time): dense near the data (DDIM sec. D.2)
+    logsnr      even in log sigma, i.e. in the log-SNR (DPM-Solver, Lu et al. 2022, sec. 3.3)
+    karras      even in sigma^(1/rho) between sigma_min and sigma_max (Karras et al. 2022, eq. 5)
+
+A discrete model (DDPM) knows only its T levels: the targets are moved to the nearest distinct
+levels (``spread_timesteps``), so the network is only ever asked at levels it was trained on.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 
 from ddpmctl.errors import NumericalError
 
-# callback(i, n, t, x_t, x0_hat): step i of n, at training timestep t (int).
-Callback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], None]]
+# callback(i, n, sigma, x_t, x0_hat): after step i of n, x_t the process's own (unscaled) state at
+# the next level, and x0_hat at noise level sigma (a float).
+Callback = Optional[Callable[[int, int, float, torch.Tensor, torch.Tensor], None]]
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+Spacing = Literal["auto", "uniform", "quadratic", "logsnr", "karras"]  # auto: the process's default_spacing
 
 
-def check_finite(x: torch.Tensor, step: int, t: int, sampler: str) -> None:
+def check_finite(x: torch.Tensor, step: int, sigma: float, sampler: str) -> None:
     """Fail at the first non-finite value, naming where it appeared."""
     if not torch.isfinite(x).all():
         raise NumericalError(
-            f"{sampler} produced NaN/inf at step {step} (timestep t={t}); try clipping x0 "
+            f"{sampler} produced NaN/inf at step {step} (noise level sigma={sigma:.4g}); try clipping x0 "
             "(--clip), float32 instead of reduced precision, or a checkpoint from before the "
             "loss diverged."
         )
@@ -85,6 +100,56 @@ def quadratic_timesteps(T: int, steps: int) -> torch.Tensor:
 def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
     """The ``uniform`` or ``quadratic`` subsequence of ``steps`` timesteps, increasing."""
     return (quadratic_timesteps if spacing == "quadratic" else uniform_timesteps)(T, steps)
+
+
+def nearest_level(sigma: float, log_levels: torch.Tensor) -> int:
+    """The index of the level nearest to ``sigma`` in log sigma (``log_levels`` increasing)."""
+    return int(fractional_timestep(torch.tensor([sigma], dtype=torch.float64).log(), log_levels).round())
+
+
+def snap(process, sigma: float) -> float:
+    """``sigma`` as the process can be asked at it: the nearest level of a discrete model (in log
+    sigma), else clamped to its range."""
+    if process.levels is not None:
+        return float(process.levels[nearest_level(sigma, process.levels.log())])
+    return min(max(sigma, process.sigma_min), process.sigma_max)
+
+
+def sigma_grid(process, steps: int, spacing: str = "uniform", rho: float = 7.0,
+               sigma_min: float | None = None, sigma_max: float | None = None) -> torch.Tensor:
+    """``steps`` noise levels of ``process``, decreasing, float64 (the module docstring's spacings).
+    ``sigma_min`` / ``sigma_max`` (karras only; default: the process's range) are clamped to the
+    process's range. A discrete model gives fewer levels when fewer lie in that range."""
+    if spacing == "auto":
+        spacing = process.default_spacing
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; known: {', '.join(SPACINGS)}")
+    lo_s = max(sigma_min if sigma_min is not None else process.sigma_min, process.sigma_min)
+    hi_s = min(sigma_max if sigma_max is not None else process.sigma_max, process.sigma_max)
+    if process.levels is not None:
+        return _discrete_grid(process.levels, steps, spacing, rho, lo_s, hi_s)
+    lo, hi = torch.tensor(lo_s, dtype=torch.float64), torch.tensor(hi_s, dtype=torch.float64)
+    u = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    if spacing == "karras":  # Karras et al. eq. 5
+        return (lo ** (1 / rho) + u * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho
+    if spacing == "logsnr":
+        return (lo.log() + u * (hi.log() - lo.log())).exp()
+    t_lo, t_hi = process.time(lo), process.time(hi)
+    w = u**2 if spacing == "quadratic" else u
+    return process.sigma_at(t_lo + w * (t_hi - t_lo))
+
+
+def _discrete_grid(levels: torch.Tensor, steps: int, spacing: str, rho: float, lo_s: float, hi_s: float) -> torch.Tensor:
+    """The levels of a discrete model nearest to the spacing's even points (``spread_timesteps``)."""
+    T = len(levels)
+    if spacing in ("uniform", "quadratic"):  # over all T timesteps, as DDIM and respaced DDPM pick them
+        taus = spaced_timesteps(T, min(steps, T), spacing)
+    elif spacing == "logsnr":
+        taus = spread_timesteps(levels.log(), min(steps, T))
+    else:  # karras: between the levels nearest to sigma_min and sigma_max
+        lo, hi = nearest_level(lo_s, levels.log()), nearest_level(hi_s, levels.log())
+        taus = spread_timesteps(levels ** (1.0 / rho), min(steps, hi - lo + 1), lo, hi)
+    return levels[taus].flip(0)
 
 
 Generators = "torch.Generator | list[torch.Generator] | None"

@@ -3,10 +3,11 @@ Modeling through Stochastic Differential Equations").
 
 Forward SDE (their eq. 11):     dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw
 Reverse SDE (their eq. 6):      dx = [-1/2 beta(t) x - beta(t) grad_x log p_t(x)] dt + sqrt(beta(t)) dw_bar
-Score of a discrete model:      grad_x log p_t(x_t) = -eps_hat / sqrt(1 - alpha_bar_t)
+Score from the denoiser:        grad_x log p_t(x_t) = -eps_hat / sqrt(1 - alpha_bar_t)
 
-On a grid of training timesteps tau_S > ... > tau_1 the integral of beta over one step is
-beta_i dt = -log(alpha_bar_{tau_i} / alpha_bar_{tau_{i-1}}) (exact for the VP SDE), and one
+Every ddpmctl process is x / a = x_0 + sigma eps (ddpmctl.processes), whose VP form has
+alpha_bar = 1 / (1 + sigma^2). On a grid of levels sigma_S > ... > sigma_1 the integral of beta
+over one step is beta_i dt = -log(alpha_bar_i / alpha_bar_{i-1}) (exact for the VP SDE), and one
 Euler-Maruyama step going backwards in time reads
 
     x <- x + (1/2 x + score) beta_i dt + sqrt(beta_i dt) z.
@@ -18,7 +19,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import check_finite, randn_like, uniform_timesteps
+from ddpmctl.samplers.base import check_finite, randn_like, sigma_grid
 
 
 class EulerMaruyamaOptions(PluginOptions):
@@ -29,17 +30,17 @@ class EulerMaruyamaOptions(PluginOptions):
 @torch.no_grad()
 def euler_maruyama(denoiser, x_T, steps=None, generator=None, callback=None, y=None, denoise_last=True):
     """Reverse VP SDE, Euler-Maruyama; returns (x_0, number of network evaluations)."""
-    schedule = denoiser.schedule
-    taus = uniform_timesteps(schedule.T, steps or schedule.T)
-    alpha_bar = schedule.alpha_bar[taus]
+    process = denoiser.process
+    sigmas = sigma_grid(process, steps or process.default_steps, "auto").flip(0)  # increasing
+    alpha_bar = 1.0 / (1.0 + sigmas**2)
     alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
     beta_dt = torch.log(alpha_bar_prev / alpha_bar)  # integral of beta(t) over each step
 
-    x = x_T.to(torch.float64)
-    S = len(taus)
+    x = x_T.to(torch.float64) * process.prior_std(float(sigmas[-1])) * float(alpha_bar[-1]) ** 0.5  # VP form
+    S = len(sigmas)
     for i in reversed(range(S)):
-        t = int(taus[i])
-        pred = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), y)
+        s = float(sigmas[i])
+        pred = denoiser(x / float(alpha_bar[i]) ** 0.5, s, y)
         score = -pred.eps / (1.0 - alpha_bar[i]).sqrt()
         b = float(beta_dt[i])
         drift = (0.5 * x + score) * b  # reverse-time drift times dt
@@ -47,7 +48,7 @@ def euler_maruyama(denoiser, x_T, steps=None, generator=None, callback=None, y=N
             x = x + drift + b**0.5 * randn_like(x, generator)
         else:
             x = pred.x0 if denoise_last else x + drift
-        check_finite(x, S - i, t, "euler-maruyama")
+        check_finite(x, S - i, s, "euler-maruyama")
         if callback is not None:
-            callback(S - i, S, t, x, pred.x0)
+            callback(S - i, S, s, x, pred.x0)
     return x, S

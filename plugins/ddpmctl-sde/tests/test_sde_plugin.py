@@ -46,7 +46,7 @@ def test_gaussian_data_is_reproduced():
             self.p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
 
         def forward(self, x_t, t, y=None):
-            a = sched.alpha_bar[t].to(x_t)[:, None]
+            a = sched.alpha_bar[t.round().long()].to(x_t)[:, None]  # t: the (float) timestep of a level
             return (1 - a).sqrt() * (x_t - a.sqrt() * m) / (a * sd**2 + 1 - a)
 
     fn = registry.load("sampler", "euler-maruyama")
