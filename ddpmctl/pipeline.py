@@ -35,9 +35,14 @@ def build_dataset(name: str, options: dict) -> Dataset:
 
 
 def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:
-    """Fill the phase defaults (values left at None) for this dataset's kind."""
+    """Fill the phase defaults (values left at None) for this dataset's kind, and the options
+    the process takes from the data (EDM's sigma_data) when they are not given."""
     defaults = PHASE_DEFAULTS[ds.kind]
     filled = {k: v for k, v in defaults.items() if getattr(s, k) is None}
+    process = registry.load("process", s.process)
+    from_data = {k: v for k, v in getattr(process, "data_defaults", lambda x: {})(ds.x).items() if k not in s.process_options}
+    if from_data:
+        filled["process_options"] = {**s.process_options, **from_data}
     return s.model_copy(update=filled)
 
 

@@ -93,6 +93,12 @@ class Process:
     def loss(self, p_uncond: float = 0.0, num_classes: int = 0, **training):
         raise NotImplementedError
 
+    @classmethod
+    def data_defaults(cls, x: torch.Tensor) -> dict:
+        """Options this process takes from the training data when they are not given (resolved
+        once and saved with the run's config)."""
+        return {}
+
 
 # ---------------------------------------------------------------------------------------------
 # DDPM: a discrete variance-preserving process (Ho et al. 2020), the schedule's T levels
@@ -159,7 +165,7 @@ class DDPM(Process):
 
 
 class EDMOptions(PluginOptions):
-    sigma_data: float = Field(0.5, gt=0, description="standard deviation of the data (EDM: 0.5 for images in [-1, 1])")
+    sigma_data: float = Field(0.5, gt=0, description="standard deviation of the data (default: measured on the training data when training; EDM uses 0.5 for images in [-1, 1])")
     sigma_min: float = Field(0.002, gt=0, description="lowest noise level sampled")
     sigma_max: float = Field(80.0, gt=0, description="highest noise level sampled")
     P_mean: float = Field(-1.2, description="mean of ln(sigma) during training (EDM table 1)")
@@ -214,6 +220,11 @@ class EDM(Process):
 
     def loss(self, p_uncond=0.0, num_classes=0, **_):
         return EDMLoss(self, p_uncond, num_classes)
+
+    @classmethod
+    def data_defaults(cls, x: torch.Tensor) -> dict:
+        """sigma_data: the standard deviation of the training data (EDM sec. 5: 0.5 for images)."""
+        return {"sigma_data": round(float(x.double().std()), 4)}
 
 
 class EDMLoss:
