@@ -110,9 +110,10 @@ def run_side(name, ds, device, args, samplers, metric) -> list[dict]:
 
 
 def at(curve: list[dict], seconds: float) -> float:
-    """The best classifier FID of the last evaluation at or before ``seconds`` of training."""
-    seen = [p["best"]["cfid"] for p in curve if p["train_s"] <= seconds + 1e-6]
-    return seen[-1] if seen else math.nan
+    """The best classifier FID of the evaluation made when the training clock passed ``seconds``
+    (evaluations run at the first look at the clock after each mark)."""
+    seen = [p["best"]["cfid"] for p in curve if p["train_s"] >= seconds - 1e-6]
+    return seen[0] if seen else math.nan
 
 
 def reached(curve: list[dict], value: float):
@@ -131,7 +132,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/objectives"))
+    p.add_argument("--table", type=Path, default=None, help="only print the table of a curves.json written before")
     args = p.parse_args()
+    if args.table is not None:
+        saved_run = json.loads(args.table.read_text())
+        print_table(saved_run["curves"], saved_run["settings"]["minutes"])
+        return
 
     set_threads(args.threads)
     device = pick_device("auto")
@@ -145,7 +151,12 @@ def main() -> None:
     record = {"settings": {**vars(args), "out": str(args.out)}, "environment": speed.environment(device), "curves": curves}
     (args.out / "curves.json").write_text(json.dumps(record, indent=2))
     _plot(curves, args.out / "curves.png")
-    horizon, half = args.minutes * 60, args.minutes * 30
+    print_table(curves, args.minutes)
+    print(f"saved {args.out / 'curves.json'} and {args.out / 'curves.png'}")
+
+
+def print_table(curves: dict, minutes: float) -> None:
+    horizon, half = minutes * 60, minutes * 30
     theirs = at(curves["diffusers"], horizon) if "diffusers" in curves else None
     floor = next(iter(curves.values()))[-1]["best"]["floor"]
     print(f"\n| side | classifier FID at {half / 60:g} min | at {horizon / 60:g} min | time to diffusers' {horizon / 60:g}-min figure (s) | time to 1.2 x floor (s) |")
@@ -153,7 +164,7 @@ def main() -> None:
     for name, c in curves.items():
         to_theirs = reached(c, theirs) if theirs is not None else None
         print(f"| {name} | {at(c, half):.3f} | {at(c, horizon):.3f} | {to_theirs if to_theirs is not None else '-'} | {reached(c, 1.2 * floor) or 'not reached'} |")
-    print(f"\nfloor (held-out zeros against training zeros): {floor:.3f}; saved {args.out / 'curves.json'} and {args.out / 'curves.png'}")
+    print(f"\nfloor (held-out zeros against training zeros): {floor:.3f}")
 
 
 def _plot(curves: dict, path: Path) -> None:
