@@ -159,6 +159,19 @@ def _nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, lr: float
             f"float32 (or pass --on-nonfinite skip); the last good checkpoint is kept.")
 
 
+def _log_interval(step: int, loss_sum: torch.Tensor, grad_sum: torch.Tensor, since_log: int, lr: float, hooks: Hooks) -> None:
+    """The loss record of the last ``since_log`` steps (their mean over processes), then reset the sums."""
+    mean_loss = distributed.mean_over_ranks(loss_sum / since_log).item()  # one host sync per log interval
+    if not math.isfinite(mean_loss):
+        raise NumericalError(
+            f"the loss became {mean_loss} between steps {step - since_log + 1} and {step}; "
+            f"lower the learning rate or train in float32; the last good checkpoint is kept."
+        )
+    hooks.log({"step": step, "loss": mean_loss, "grad_norm": (grad_sum / since_log).item(), "lr": lr})
+    loss_sum.zero_()
+    grad_sum.zero_()
+
+
 def train(
     state: TrainState,
     loss_fn,
@@ -226,15 +239,7 @@ def train(
         hooks.progress(state.step)
 
         if (state.step % cfg.log_every == 0 or state.step == cfg.steps) and since_log:
-            mean_loss = distributed.mean_over_ranks(loss_sum / since_log).item()  # one host sync per log interval
-            if not math.isfinite(mean_loss):
-                raise NumericalError(
-                    f"the loss became {mean_loss} between steps {state.step - since_log + 1} and {state.step}; "
-                    f"lower the learning rate or train in float32; the last good checkpoint is kept."
-                )
-            hooks.log({"step": state.step, "loss": mean_loss, "grad_norm": (grad_sum / since_log).item(), "lr": lr})
-            loss_sum.zero_()
-            grad_sum.zero_()
+            _log_interval(state.step, loss_sum, grad_sum, since_log, lr, hooks)
             since_log = 0
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             hooks.checkpoint(state.step, {})

@@ -56,6 +56,22 @@ def default_sizes(data_shape: tuple[int, ...]) -> dict:
     return {"channels": 32, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (8,)}
 
 
+def resolve_sizes(data_shape, channels, channel_mult, num_res_blocks, attn_resolutions, num_heads: int) -> dict:
+    """The sizes of a U-Net for images of ``data_shape``: the options given, the rest from
+    ``default_sizes``; checked (images only, heads dividing every level's channels)."""
+    if len(data_shape) != 3:
+        raise OptionsError(f"the unet needs images (C, H, W), not data of shape {tuple(data_shape)}; use the mlp for 2-D data.")
+    sizes = default_sizes(tuple(data_shape))
+    ch = channels or sizes["channels"]
+    mult = tuple(channel_mult or sizes["channel_mult"])
+    attn_res = set(sizes["attn_resolutions"] if attn_resolutions is None else attn_resolutions)
+    for c in {ch * m for m in mult}:
+        if c % num_heads:
+            raise OptionsError(f"num_heads {num_heads} does not divide the {c} channels of a level; choose a divisor of {ch}.")
+    return {"channels": ch, "channel_mult": mult, "num_res_blocks": num_res_blocks or sizes["num_res_blocks"],
+            "attn_resolutions": tuple(sorted(attn_res))}
+
+
 def _groups(channels: int, most: int) -> int:
     """The most groups (up to ``most``) that divide ``channels`` with at least 4 channels each."""
     g = max(1, min(most, channels // 4))
@@ -161,17 +177,9 @@ class UNet(nn.Module):
         out_mult: int = 1,
     ):
         super().__init__()
-        if len(data_shape) != 3:
-            raise OptionsError(f"the unet needs images (C, H, W), not data of shape {tuple(data_shape)}; use the mlp for 2-D data.")
-        sizes = default_sizes(tuple(data_shape))
-        ch = channels or sizes["channels"]
-        mult = tuple(channel_mult or sizes["channel_mult"])
-        n_res = num_res_blocks or sizes["num_res_blocks"]
-        attn_res = set(sizes["attn_resolutions"] if attn_resolutions is None else attn_resolutions)
-        self.sizes = {"channels": ch, "channel_mult": mult, "num_res_blocks": n_res, "attn_resolutions": tuple(sorted(attn_res))}
-        for c in {ch * m for m in mult}:
-            if c % num_heads:
-                    raise OptionsError(f"num_heads {num_heads} does not divide the {c} channels of a level; choose a divisor of {ch}.")
+        self.sizes = resolve_sizes(data_shape, channels, channel_mult, num_res_blocks, attn_resolutions, num_heads)
+        ch, mult, n_res = self.sizes["channels"], self.sizes["channel_mult"], self.sizes["num_res_blocks"]
+        attn_res = set(self.sizes["attn_resolutions"])
         C, H, W = data_shape
         self.data_shape = tuple(data_shape)
         self.out_mult = out_mult
