@@ -157,11 +157,12 @@ class Run:
         events = events or Events()
         self.check_steps(steps)
         images = self.data.kind == "images"
+        default_n = n or (64 if images else 2000)
         if labels is None:
-            labels = self.labels(n or (64 if images else 2000), classes, guidance, per_class)
+            labels = self.labels(default_n, classes, guidance, per_class)
         if per_class is not None and n is not None:
             raise OptionsError("--n and --per-class both set the number of samples; pass only one of them.")
-        n = len(labels) if per_class is not None else (n or (64 if images else 2000))
+        n = len(labels) if per_class is not None else default_n
         registry.validate_options("sampler", sampler, options)
         frames: list[tuple[str, torch.Tensor]] = []
 

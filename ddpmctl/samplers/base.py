@@ -102,6 +102,16 @@ def spaced_timesteps(T: int, steps: int, spacing: str) -> torch.Tensor:
     return (quadratic_timesteps if spacing == "quadratic" else uniform_timesteps)(T, steps)
 
 
+def alpha_bar(sigma):
+    """The VP alpha_bar of a noise level (float or tensor): x_t / sqrt(alpha_bar) = x_0 + sigma eps."""
+    return 1.0 / (1.0 + sigma**2)
+
+
+def unscaled(process, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The process's own state x_t = a(sigma) x of the scaled state x (what callbacks see)."""
+    return x * float(process.scale(torch.tensor(sigma, dtype=torch.float64)))
+
+
 def nearest_level(sigma: float, log_levels: torch.Tensor) -> int:
     """The index of the level nearest to ``sigma`` in log sigma (``log_levels`` increasing)."""
     return int(fractional_timestep(torch.tensor([sigma], dtype=torch.float64).log(), log_levels).round())

@@ -9,17 +9,12 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, Spacing, check_finite, randn_like, sigma_grid
+from ddpmctl.samplers.base import Callback, Spacing, alpha_bar, check_finite, randn_like, sigma_grid, unscaled
 
 
 class DDIMOptions(PluginOptions):
     eta: float = Field(0.0, ge=0, le=1, description="0: deterministic DDIM; 1: the ancestral (DDPM, beta-tilde) process")
     spacing: Spacing = Field("auto", description="noise-level grid (samplers/base.py; DDIM sec. 4.2, D.2: uniform or quadratic); auto: the process's own (uniform for ddpm and flow, karras for edm)")
-
-
-def _alpha_bar(sigma: float) -> float:
-    """The VP alpha_bar of a noise level: x_t / sqrt(alpha_bar) = x_0 + sigma eps."""
-    return 1.0 / (1.0 + sigma**2)
 
 
 @with_options(DDIMOptions)
@@ -51,7 +46,7 @@ def ddim(
     for i, s in enumerate(sigmas):
         s_next = sigmas[i + 1] if i + 1 < S else 0.0
         pred = denoiser(x, s, y)
-        a, a_next = _alpha_bar(s), _alpha_bar(s_next)
+        a, a_next = alpha_bar(s), alpha_bar(s_next)
         c = eta * ((1.0 - a_next) / (1.0 - a)) ** 0.5 * (1.0 - a / a_next) ** 0.5  # eq. 16
         # Direction pointing to x_t, then the predicted x_0 part (eq. 12), in VP form.
         x_t = a_next**0.5 * pred.x0 + max(1.0 - a_next - c**2, 0.0) ** 0.5 * pred.eps
@@ -60,7 +55,7 @@ def ddim(
         x = x_t / a_next**0.5
         check_finite(x, i + 1, s, "ddim")
         if callback is not None:
-            callback(i + 1, S, s, x * float(process.scale(torch.tensor(s_next))), pred.x0)
+            callback(i + 1, S, s, unscaled(process, x, s_next), pred.x0)
     return x, S
 
 
@@ -100,5 +95,5 @@ def ddim_invert(
         x, s_prev = x_guess, s
         check_finite(x, i + 1, s, "ddim inversion")
         if callback is not None:
-            callback(i + 1, S, s, x * float(process.scale(torch.tensor(s))), x0_hat)
+            callback(i + 1, S, s, unscaled(process, x, s), x0_hat)
     return x / process.prior_std(sigmas[-1]), nfe

@@ -13,7 +13,7 @@ from pydantic import Field
 from ddpmctl.diffusion import learned_log_variance
 from ddpmctl.errors import OptionsError
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, Spacing, check_finite, randn_like, sigma_grid
+from ddpmctl.samplers.base import Callback, Spacing, alpha_bar, check_finite, randn_like, sigma_grid
 from ddpmctl.schedules import Schedule
 
 
@@ -47,7 +47,7 @@ def ddpm(
     """
     process = denoiser.process
     sigmas = sigma_grid(process, steps or process.default_steps, spacing).flip(0)  # increasing: sigma_1 .. sigma_S
-    rs = Schedule(1.0 / (1.0 + sigmas**2))  # the respaced schedule on the visited levels
+    rs = Schedule(alpha_bar(sigmas))  # the respaced schedule on the visited levels
     coef_x0, coef_xt = rs.posterior_mean_coef1, rs.posterior_mean_coef2  # mu-tilde, DDPM eq. 7
     std_beta, std_beta_tilde = rs.beta.sqrt(), rs.beta_tilde.sqrt()
     log_beta, log_beta_tilde = rs.log_beta, rs.log_beta_tilde_clipped  # ends of the learned interpolation

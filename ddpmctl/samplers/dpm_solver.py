@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, Spacing, check_finite, sigma_grid
+from ddpmctl.samplers.base import Callback, Spacing, check_finite, sigma_grid, unscaled
 
 
 class DPMSolverOptions(PluginOptions):
@@ -59,5 +59,5 @@ def dpm_solver_pp(
         check_finite(x, i + 1, s, "dpm-solver++")
         if callback is not None:
             s_next = sigmas[i + 1] if i + 1 < S else 0.0
-            callback(i + 1, S, s, x * float(process.scale(torch.tensor(s_next))), pred.x0)
+            callback(i + 1, S, s, unscaled(process, x, s_next), pred.x0)
     return x, S

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, Spacing, check_finite, randn_like, sigma_grid, snap
+from ddpmctl.samplers.base import Callback, Spacing, check_finite, randn_like, sigma_grid, snap, unscaled
 
 
 class HeunOptions(PluginOptions):
@@ -89,5 +89,5 @@ def heun(
 
         check_finite(x_next, i + 1, s_hat, "heun")
         if callback is not None:  # the process's own state at the next level
-            callback(i + 1, N, s_hat, x_next * float(process.scale(torch.tensor(s_next))), x0_hat)
+            callback(i + 1, N, s_hat, unscaled(process, x_next, s_next), x0_hat)
     return x_next, 2 * N - 1

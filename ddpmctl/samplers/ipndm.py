@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, Spacing, check_finite, sigma_grid
+from ddpmctl.samplers.base import Callback, Spacing, check_finite, sigma_grid, unscaled
 
 # Adams-Bashforth weights of eps_hat at the current and the previous steps, by order.
 AB = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
@@ -53,5 +53,5 @@ def ipndm(
         x = x + (sigmas[i + 1] - sigmas[i]) * slope
         check_finite(x, i + 1, sigmas[i], "ipndm")
         if callback is not None:
-            callback(i + 1, N, sigmas[i], x * float(process.scale(torch.tensor(sigmas[i + 1]))), pred.x0)
+            callback(i + 1, N, sigmas[i], unscaled(process, x, sigmas[i + 1]), pred.x0)
     return x, N

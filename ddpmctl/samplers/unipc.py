@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import Callback, Spacing, check_finite, sigma_grid
+from ddpmctl.samplers.base import Callback, Spacing, check_finite, sigma_grid, unscaled
 
 
 class UniPCOptions(PluginOptions):
@@ -96,5 +96,5 @@ def unipc(
             del models[order:], lams[order:]
         check_finite(x, i + 1, s0, "unipc")
         if callback is not None:
-            callback(i + 1, N, s0, x * float(process.scale(torch.tensor(t))), x0_hat)
+            callback(i + 1, N, s0, unscaled(process, x, t), x0_hat)
     return x, N

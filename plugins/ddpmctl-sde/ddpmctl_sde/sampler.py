@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from ddpmctl.registry import PluginOptions, with_options
-from ddpmctl.samplers.base import check_finite, randn_like, sigma_grid
+from ddpmctl.samplers.base import alpha_bar as vp_alpha_bar, check_finite, randn_like, sigma_grid
 
 
 class EulerMaruyamaOptions(PluginOptions):
@@ -32,7 +32,7 @@ def euler_maruyama(denoiser, x_T, steps=None, generator=None, callback=None, y=N
     """Reverse VP SDE, Euler-Maruyama; returns (x_0, number of network evaluations)."""
     process = denoiser.process
     sigmas = sigma_grid(process, steps or process.default_steps, "auto").flip(0)  # increasing
-    alpha_bar = 1.0 / (1.0 + sigmas**2)
+    alpha_bar = vp_alpha_bar(sigmas)
     alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
     beta_dt = torch.log(alpha_bar_prev / alpha_bar)  # integral of beta(t) over each step
 
