@@ -145,11 +145,12 @@ def main() -> None:
     ds = load_dataset("mnist16", digits="0")
     samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers.split(",")]
     metric = registry.resolve("metric", "classifier-fid", None)
-    curves = {name: run_side(name, ds, device, args, samplers, metric) for name in args.sides.split(",")}
-
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"settings": {**vars(args), "out": str(args.out)}, "environment": speed.environment(device), "curves": curves}
-    (args.out / "curves.json").write_text(json.dumps(record, indent=2))
+    record = {"settings": {**vars(args), "out": str(args.out)}, "environment": speed.environment(device), "curves": {}}
+    for name in args.sides.split(","):  # saved after each side: a long run stopped early keeps what it measured
+        record["curves"][name] = run_side(name, ds, device, args, samplers, metric)
+        (args.out / "curves.json").write_text(json.dumps(record, indent=2))
+    curves = record["curves"]
     _plot(curves, args.out / "curves.png")
     print_table(curves, args.minutes)
     print(f"saved {args.out / 'curves.json'} and {args.out / 'curves.png'}")

@@ -11,7 +11,7 @@ from ddpmctl.denoiser import Denoiser, dynamic_threshold, to_eps_x0
 from ddpmctl.diffusion import DiffusionLoss, HybridLoss, q_sample, target
 from ddpmctl.errors import NumericalError, OptionsError
 from ddpmctl.processes import DDPM
-from ddpmctl.samplers.base import sigma_grid
+from ddpmctl.samplers.base import SPACINGS, sigma_grid
 from ddpmctl.samplers.ddim import ddim, ddim_invert
 from ddpmctl.samplers.ddpm import ddpm
 from ddpmctl.samplers.heun import heun
@@ -209,7 +209,7 @@ def test_learned_variance_without_the_model_is_a_clear_error():
 
 # -- noise-level grids ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr", "karras"])
+@pytest.mark.parametrize("spacing", SPACINGS)
 def test_discrete_grids_are_distinct_levels_of_the_model_decreasing_to_the_lowest(spacing):
     process = DDPM(linear(T=100))
     for S in (1, 2, 5, 37, 99, 100):
@@ -227,6 +227,15 @@ def test_logsnr_grid_is_uniform_in_lambda(make):
     t = process.time(g)
     free = (t.diff().abs() > 1).tolist()  # neighbouring levels are as close as the model allows
     assert float(gaps[free].max() / gaps[free].min()) < 1.5
+
+
+def test_cosine_grid_is_uniform_in_the_cosine_schedules_time():
+    """sigma = tan(pi t / 2) for t even: on a continuous process, even steps in atan(sigma)."""
+    process = registry.build("process", "edm", {})
+    g = sigma_grid(process, 12, "cosine")
+    gaps = g.atan().diff()
+    assert torch.allclose(gaps, gaps[0].expand_as(gaps), rtol=1e-9)
+    assert float(g[0]) == pytest.approx(process.sigma_max) and float(g[-1]) == pytest.approx(process.sigma_min)
 
 
 def test_karras_grid_is_clamped_to_the_model_range():

@@ -7,6 +7,9 @@ sigma; processes.py), then sigma = 0. ``sigma_grid`` builds it for any process f
     quadratic   even in sqrt(time): dense near the data (DDIM sec. D.2)
     logsnr      even in log sigma, i.e. in the log-SNR (DPM-Solver, Lu et al. 2022, sec. 3.3)
     karras      even in sigma^(1/rho) between sigma_min and sigma_max (Karras et al. 2022, eq. 5)
+    cosine      even in the cosine schedule's time t, sigma = tan(pi t / 2) (Nichol & Dhariwal
+                2021, eq. 17 without its offset): dense where sigma is about 1, the scale of the
+                data, sparse at both ends where the denoiser barely changes
 
 A discrete model (DDPM) knows only its T levels: the targets are moved to the nearest distinct
 levels (``spread_timesteps``), so the network is only ever asked at levels it was trained on.
@@ -23,8 +26,8 @@ from ddpmctl.errors import NumericalError
 # callback(i, n, sigma, x_t, x0_hat): after step i of n, x_t the process's own (unscaled) state at
 # the next level, and x0_hat at noise level sigma (a float).
 Callback = Optional[Callable[[int, int, float, torch.Tensor, torch.Tensor], None]]
-SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
-Spacing = Literal["auto", "uniform", "quadratic", "logsnr", "karras"]  # auto: the process's default_spacing
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "cosine")
+Spacing = Literal["auto", "uniform", "quadratic", "logsnr", "karras", "cosine"]  # auto: the process's default_spacing
 
 
 def check_finite(x: torch.Tensor, step: int, sigma: float, sampler: str) -> None:
@@ -51,7 +54,8 @@ def fractional_timestep(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor
 def spread_timesteps(grid: torch.Tensor, steps: int, lo: int = 0, hi: int | None = None) -> torch.Tensor:
     """`steps` distinct training timesteps from ``lo`` to ``hi`` (both included), increasing,
     evenly spaced on ``grid``, a per-timestep quantity increasing in t: t itself (uniform
-    spacing), sqrt t (quadratic), -lambda_t (log-SNR), sigma_t^(1/rho) (Karras et al.).
+    spacing), sqrt t (quadratic), -lambda_t (log-SNR), sigma_t^(1/rho) (Karras et al.),
+    atan sigma_t (cosine).
 
     Each target point is mapped to the nearest timestep by interpolating on the grid. Where
     the model's own timesteps are coarser than the even spacing (near an end), the
@@ -144,6 +148,8 @@ def sigma_grid(process, steps: int, spacing: str = "uniform", rho: float = 7.0,
         return (lo ** (1 / rho) + u * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho
     if spacing == "logsnr":
         return (lo.log() + u * (hi.log() - lo.log())).exp()
+    if spacing == "cosine":  # sigma = tan(pi t / 2): t = (2 / pi) atan(sigma)
+        return torch.tan(lo.atan() + u * (hi.atan() - lo.atan()))
     t_lo, t_hi = process.time(lo), process.time(hi)
     w = u**2 if spacing == "quadratic" else u
     return process.sigma_at(t_lo + w * (t_hi - t_lo))
@@ -156,6 +162,8 @@ def _discrete_grid(levels: torch.Tensor, steps: int, spacing: str, rho: float, l
         taus = spaced_timesteps(T, min(steps, T), spacing)
     elif spacing == "logsnr":
         taus = spread_timesteps(levels.log(), min(steps, T))
+    elif spacing == "cosine":
+        taus = spread_timesteps(levels.atan(), min(steps, T))
     else:  # karras: between the levels nearest to sigma_min and sigma_max
         lo, hi = nearest_level(lo_s, levels.log()), nearest_level(hi_s, levels.log())
         taus = spread_timesteps(levels ** (1.0 / rho), min(steps, hi - lo + 1), lo, hi)

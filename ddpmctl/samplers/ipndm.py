@@ -17,7 +17,7 @@ AB = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24
 
 class IPNDMOptions(PluginOptions):
     max_order: int = Field(4, ge=1, le=4, description="highest Adams-Bashforth order (the first steps use lower ones)")
-    spacing: Spacing = Field("karras", description="noise-level grid (samplers/base.py)")
+    spacing: Spacing = Field("cosine", description="noise-level grid (samplers/base.py): cosine puts the steps where sigma is about the data's scale, which at 10 evaluations is within 1% on Gaussian data where karras is 7% off (docs/samplers.md)")
     rho: float = Field(7.0, gt=0, description="Karras et al. eq. 5, with spacing karras")
 
 
@@ -31,7 +31,7 @@ def ipndm(
     callback: Callback = None,
     y: torch.Tensor | None = None,
     max_order: int = 4,
-    spacing: str = "karras",
+    spacing: str = "cosine",
     rho: float = 7.0,
 ) -> tuple[torch.Tensor, int]:
     """iPNDM; returns (x_0, network evaluations). Notation: sigma_0 > ... > sigma_{N-1} > sigma_N = 0,
