@@ -6,6 +6,7 @@ the other on a quiet machine.
 
     python benchmarks/objectives_time_to_quality.py                     # 20 minutes a side, evaluations every 2 minutes
     python benchmarks/objectives_time_to_quality.py --minutes 3 --every-s 60 --n 300 --sides edm,flow   # a quick look
+    python benchmarks/objectives_time_to_quality.py --marks 5,10,20 --samplers heun:18   # the issue's bars in 2 hours
 
 Every ``--every-s`` seconds of training the clock stops and the side's EMA weights are scored:
 ``--n`` fixed-seed samples (the same noise for every side) with each sampler of ``--samplers``
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ from ddpmctl.session import loop_config, objective
 from ddpmctl.training import Hooks, make_state, train
 from time_to_quality import DiffusersSide
 
-SIDES = {"ddpm": {}, "min-snr": {"loss_weighting": "min-snr"}, "edm": {"process": "edm"}, "flow": {"process": "flow"}}
+SIDES = {"ddpm": {"process": "ddpm"}, "min-snr": {"process": "ddpm", "loss_weighting": "min-snr"}, "edm": {"process": "edm"}, "flow": {"process": "flow"}}
 SAMPLERS = "dpm-solver++:20,unipc:20,heun:18,ddim:35"  # NFE 20, 20, 35, 35
 
 
@@ -58,8 +60,11 @@ class Ours:
         return self.state.step
 
     def train(self, k: int) -> None:
+        """``k`` more steps; past the schedule's end at 10% of the learning rate, where the cosine
+        decay ends (training.lr_at), as diffusers' side goes on."""
         target = self.state.step + k
-        train(self.state, self.loss, self.x, None, self.loop, Hooks(stop=lambda: self.state.step >= target))
+        loop = self.loop if target <= self.loop.steps else replace(self.loop, steps=target, lr=0.1 * self.loop.lr, lr_decay="none", warmup=0)
+        train(self.state, self.loss, self.x, None, loop, Hooks(stop=lambda: self.state.step >= target))
 
     def model(self) -> Model:
         return Model(None, self.record, self.state.ema, self.process, self.state.step, self.device, _dataset=self.ds)
@@ -97,7 +102,9 @@ def evaluate(side, samplers, n: int, metric) -> dict:
 
 def run_side(name, ds, device, args, samplers, metric) -> list[dict]:
     side = Theirs(ds, device, args.seed, args.max_steps) if name == "diffusers" else Ours(name, ds, device, args.seed, args.max_steps)
-    curve, clock, next_eval = [], 0.0, args.every_s
+    curve, clock = [], 0.0
+    marks = [60 * float(m) for m in args.marks.split(",")] if args.marks else []
+    next_eval = marks.pop(0) if marks else args.every_s
     while clock < args.minutes * 60:
         clock += speed.timed(lambda: side.train(args.chunk), device)
         if clock >= next_eval or clock >= args.minutes * 60:
@@ -105,7 +112,7 @@ def run_side(name, ds, device, args, samplers, metric) -> list[dict]:
             best = min(scores.values(), key=lambda v: v["cfid"])
             curve.append({"train_s": round(clock, 1), "step": side.step, "best": best, "samplers": scores})
             print(f"{name}: {clock / 60:.1f} min, step {side.step}, best classifier FID {best['cfid']:.3f} (floor {best['floor']:.3f})", flush=True)
-            next_eval += args.every_s
+            next_eval = marks.pop(0) if marks else (math.inf if args.marks else next_eval + args.every_s)
     return curve
 
 
@@ -125,6 +132,7 @@ def main() -> None:
     p.add_argument("--sides", default="ddpm,min-snr,edm,flow,diffusers")
     p.add_argument("--minutes", type=float, default=20.0, help="training wall time of each side")
     p.add_argument("--every-s", type=float, default=120.0, help="seconds of training between evaluations")
+    p.add_argument("--marks", default=None, help="training minutes to evaluate at, comma-separated (instead of --every-s), e.g. 5,10,20")
     p.add_argument("--chunk", type=int, default=25, help="training steps between looks at the clock")
     p.add_argument("--max-steps", type=int, default=5000, help="the learning-rate schedule's length (cosine decay)")
     p.add_argument("--n", type=int, default=980, help="samples per evaluation (980: as many as held-out zeros)")
@@ -132,11 +140,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/objectives"))
-    p.add_argument("--table", type=Path, default=None, help="only print the table of a curves.json written before")
+    p.add_argument("--table", type=Path, default=None, help="only print the table (at --minutes) of a curves.json written before, and redraw its plot beside it")
     args = p.parse_args()
     if args.table is not None:
         saved_run = json.loads(args.table.read_text())
-        print_table(saved_run["curves"], saved_run["settings"]["minutes"])
+        _plot(saved_run["curves"], args.table.with_suffix(".png"))
+        print_table(saved_run["curves"], args.minutes)
         return
 
     set_threads(args.threads)
@@ -157,14 +166,14 @@ def main() -> None:
 
 
 def print_table(curves: dict, minutes: float) -> None:
-    horizon, half = minutes * 60, minutes * 30
+    horizon, half, quarter = minutes * 60, minutes * 30, minutes * 15
     theirs = at(curves["diffusers"], horizon) if "diffusers" in curves else None
     floor = next(iter(curves.values()))[-1]["best"]["floor"]
-    print(f"\n| side | classifier FID at {half / 60:g} min | at {horizon / 60:g} min | time to diffusers' {horizon / 60:g}-min figure (s) | time to 1.2 x floor (s) |")
-    print("|---|---|---|---|---|")
+    print(f"\n| side | classifier FID at {quarter / 60:g} min | at {half / 60:g} min | at {horizon / 60:g} min | time to diffusers' {horizon / 60:g}-min figure (s) | time to 1.2 x floor (s) |")
+    print("|---|---|---|---|---|---|")
     for name, c in curves.items():
         to_theirs = reached(c, theirs) if theirs is not None else None
-        print(f"| {name} | {at(c, half):.3f} | {at(c, horizon):.3f} | {to_theirs if to_theirs is not None else '-'} | {reached(c, 1.2 * floor) or 'not reached'} |")
+        print(f"| {name} | {at(c, quarter):.3f} | {at(c, half):.3f} | {at(c, horizon):.3f} | {to_theirs if to_theirs is not None else '-'} | {reached(c, 1.2 * floor) or 'not reached'} |")
     print(f"\nfloor (held-out zeros against training zeros): {floor:.3f}")
 
 

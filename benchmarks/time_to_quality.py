@@ -81,7 +81,7 @@ def main() -> None:
     fast_math(device)
     ds = load_dataset("mnist16", digits="0")
     # The resolved config of `ddpmctl train --data mnist16 --digits 0`, evaluated as --eval-every does.
-    s = resolve(saved(TrainSettings, dict(data="mnist16", data_options={"digits": "0"}, seed=args.seed, eval_every=args.every, log_every=10**9,
+    s = resolve(saved(TrainSettings, dict(data="mnist16", data_options={"digits": "0"}, process="ddpm", seed=args.seed, eval_every=args.every, log_every=10**9,
                                           eval_metric="class-coverage", eval_n=args.n, eval_sampler="ddim", eval_steps=50)), ds)
     s = s.model_copy(update={"checkpoint_every": 10**9})
     cfg = s.model_dump(mode="json")

@@ -183,10 +183,13 @@ class Run:
         return Samples(x, labels, rec, frames)
 
     def check_steps(self, steps: Optional[int]) -> None:
-        """A step count of sampling: at most the model's T training steps."""
+        """A step count of sampling: at most the model's T training steps (a discrete model), or
+        the process's largest grid (a continuous one)."""
         T = self.model.process.max_steps
         if steps is not None and steps > T:
-            raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")
+            if self.model.process.levels is not None:
+                raise OptionsError(f"--steps {steps} is more than the model's T = {T} training steps; use at most {T}.")
+            raise OptionsError(f"--steps {steps} is more than the {T} noise levels a sampler may visit; use at most {T}.")
 
     # -- evaluating -----------------------------------------------------------------------------
     def evaluate(self, metrics: Union[str, Sequence[str]] = "wasserstein", n: int = 2000, sampler: str = "ddpm",

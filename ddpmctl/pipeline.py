@@ -39,7 +39,9 @@ def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:
     the process takes from the data (EDM's sigma_data) when they are not given."""
     defaults = PHASE_DEFAULTS[ds.kind]
     filled = {k: v for k, v in defaults.items() if getattr(s, k) is None}
-    process = registry.load("process", s.process)
+    if s.process is None and wants_ddpm(s):
+        filled["process"] = "ddpm"
+    process = registry.load("process", filled.get("process", s.process))
     from_data = {k: v for k, v in getattr(process, "data_defaults", lambda x: {})(ds.x).items() if k not in s.process_options}
     if from_data:
         filled["process_options"] = {**s.process_options, **from_data}
@@ -86,9 +88,15 @@ def build_schedule(s: TrainSettings) -> Schedule:
 DDPM_ONLY = {"learn_sigma": False, "loss_weighting": "none", "prediction": "eps"}  # settings of the ddpm process alone
 
 
+def wants_ddpm(s: TrainSettings) -> bool:
+    """Whether a setting only the ddpm process reads is given (then the default process is ddpm)."""
+    return s.schedule != "linear" or any(getattr(s, key) != default for key, default in DDPM_ONLY.items())
+
+
 def check_process(s: TrainSettings) -> None:
-    """Refuse settings that only the ddpm process reads, set for another process."""
-    if s.process == "ddpm":
+    """Refuse settings that only the ddpm process reads, set for another process (an unset
+    process becomes ddpm when they are given: ``resolve``)."""
+    if s.process in (None, "ddpm"):
         return
     for key, default in DDPM_ONLY.items():
         if getattr(s, key) != default:

@@ -77,7 +77,8 @@ class RunRecord:
             if data.kind not in ("points", "images"):
                 raise ValueError(f"data kind {data.kind!r} is neither points nor images")
             plugins = {k: PluginInfo(v["name"], v.get("dist"), v.get("version")) for k, v in (raw.get("plugins") or {}).items()}
-            return cls(saved(TrainSettings, raw["config"]), data, plugins, dict(raw.get("versions") or {}), raw.get("parameters"))
+            config = {"process": "ddpm", **raw["config"]}  # runs written before processes existed are ddpm runs
+            return cls(saved(TrainSettings, config), data, plugins, dict(raw.get("versions") or {}), raw.get("parameters"))
         except DdpmctlError as exc:
             raise RunError(f"{where} does not hold a config this version can read ({exc}); it may come from another ddpmctl version.") from None
         except (KeyError, TypeError, ValueError) as exc:

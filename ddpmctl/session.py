@@ -118,7 +118,8 @@ class Session:
         # Names and options are checked before anything heavy is built.
         registry.validate_options("dataset", s.data, s.data_options)
         registry.validate_options("schedule", s.schedule, s.schedule_options)
-        registry.validate_options("process", s.process, s.process_options)
+        if s.process is not None:  # else the phase's default, checked once resolved
+            registry.validate_options("process", s.process, s.process_options)
         check_process(s)
         if s.network is not None:
             registry.validate_options("network", s.network, s.network_options)
@@ -127,6 +128,7 @@ class Session:
         device = pick_device(s.device)
         ds = build_dataset(s.data, s.data_options)
         s = resolve(s, ds)
+        registry.validate_options("process", s.process, s.process_options)
         registry.validate_options("network", s.network, s.network_options)
         if s.cond == "class" and (ds.y is None or ds.num_classes == 0):
             raise DataError(f"dataset {s.data!r} has no class labels, so --cond class cannot be used; drop --cond.")

@@ -116,8 +116,9 @@ class Ours:
                  channels_last: Optional[bool] = None):
         spec = MODELS[model]
         self.spec, self.batch_size, self.device = spec, batch_size, device
-        # The phase's defaults; a constant learning rate and no logging or checkpoints inside the timed steps.
-        s = saved(TrainSettings, {**PHASE_DEFAULTS[spec["kind"]], "network": spec["network"], "batch_size": batch_size, "seed": seed,
+        # The phase's defaults with diffusers' objective (ddpm, like for like); a constant learning
+        # rate and no logging or checkpoints inside the timed steps.
+        s = saved(TrainSettings, {**PHASE_DEFAULTS[spec["kind"]], "process": "ddpm", "network": spec["network"], "batch_size": batch_size, "seed": seed,
                                   "lr": 1e-4, "warmup": 0, "lr_decay": "none", "log_every": 10**9, "checkpoint_every": 10**9})
         g = torch.Generator().manual_seed(seed)
         x = torch.rand((max(1024, batch_size), *spec["shape"]), generator=g) * 2 - 1

@@ -210,3 +210,28 @@ def test_the_denoiser_wraps_a_schedule_as_its_ddpm_process():
     net = torch.nn.Linear(2, 2).double()
     den = Denoiser(lambda x, c, y=None: net(x), sched)  # noqa: E731
     assert isinstance(den.process, DDPM) and den.process.schedule is sched
+
+
+# -- which process a run gets -----------------------------------------------------------------------
+
+def test_the_default_process_is_edm_for_images_ddpm_for_points_and_ddpm_when_a_ddpm_setting_is_given():
+    """Issue 15's measurement made EDM the images default; a ddpm-only setting (learned variance,
+    min-SNR, another prediction target or schedule) keeps the run on ddpm."""
+    from ddpmctl.config import TrainSettings, saved
+    from ddpmctl.datasets.base import Dataset
+    from ddpmctl.pipeline import resolve
+
+    images = Dataset("synthetic", torch.rand(8, 1, 8, 8) * 2 - 1, kind="images")
+    points = Dataset("synthetic", torch.randn(8, 2), kind="points")
+    assert resolve(saved(TrainSettings, {}), images).process == "edm"
+    assert resolve(saved(TrainSettings, {}), points).process == "ddpm"
+    for ddpm_setting in ({"learn_sigma": True}, {"loss_weighting": "min-snr"}, {"prediction": "v"}, {"schedule": "cosine"}):
+        assert resolve(saved(TrainSettings, ddpm_setting), images).process == "ddpm", ddpm_setting
+    assert resolve(saved(TrainSettings, {"process": "flow"}), images).process == "flow"
+
+
+def test_a_run_recorded_before_processes_existed_is_a_ddpm_run():
+    from ddpmctl.record import RunRecord
+
+    raw = {"config": {"data": "mnist16"}, "data": {"shape": [1, 16, 16], "num_classes": 0, "kind": "images"}}
+    assert RunRecord.from_json(raw, "config.json").config.process == "ddpm"

@@ -22,7 +22,7 @@ from ddpmctl.session import Session
 def train(
     data: Annotated[Optional[str], typer.Option(help="Dataset plugin (see `ddpmctl plugins list`).")] = None,
     network: Annotated[Optional[str], typer.Option(help="Network plugin (default: mlp for 2-D, unet for images).")] = None,
-    process: Annotated[Optional[str], typer.Option(help="Diffusion process, the training objective: ddpm (default), edm (Karras et al. 2022) or flow (flow matching).")] = None,
+    process: Annotated[Optional[str], typer.Option(help="Diffusion process, the training objective: ddpm, edm (Karras et al. 2022) or flow (flow matching). Default: edm for images, ddpm for 2-D points and whenever a ddpm-only option (--learn-sigma, --loss-weighting, --prediction, --schedule) is given.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Noise schedule plugin of the ddpm process: linear, cosine, ...")] = None,
     prediction: Annotated[Optional[str], typer.Option(help="What the network predicts: eps, x0 or v.")] = None,
     cond: Annotated[Optional[str], typer.Option(help="none, or class for a class-conditional model.")] = None,
