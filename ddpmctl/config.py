@@ -100,8 +100,8 @@ class TrainSettings(_Base):
 
 
 PHASE_DEFAULTS = {
-    # process: EDM had the best phase-2 quality after 10 minutes of training, the default run's
-    # length (issue 15, docs/benchmarks.md); on 2-D data ddpm meets issue 2's bar on every dataset.
+    # process: EDM has the best phase-2 quality from 7.5 minutes of training on (issue 15,
+    # docs/benchmarks.md); on 2-D data ddpm meets issue 2's bar on every dataset.
     "points": {"process": "ddpm", "network": "mlp", "steps": 8000, "batch_size": 512, "lr": 2e-3, "checkpoint_every": 1000, "eval_n": 500, "eval_steps": 50},
     # images: sized for `ddpmctl train --data mnist16 --digits 0` in well under 15 minutes on 2 CPU cores
     "images": {"process": "edm", "network": "unet", "steps": 2500, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 500, "sample_every": 500,
