@@ -1,5 +1,5 @@
 """Issue 15's 2-D bar on 8gaussians, looked at closely: W2 / floor over several independent draws
-(samples and data), and what the samples get right or wrong: each mode's share, the fraction
+(samples, and the wasserstein metric's fresh data draws with ref_seed 0, 2, 4, ...), and what the samples get right or wrong: each mode's share, the fraction
 farther than 3 mode standard deviations from every mode (leakage between modes), each mode's width.
 
     python benchmarks/toy2d_modes.py --process edm          # or flow, ddpm
@@ -10,29 +10,22 @@ Trains the default 2-D config (through the API) into benchmarks/out/toy2d-modes/
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
-import ot
 import torch
 
 import ddpmctl
 from ddpmctl import load_dataset
+from ddpmctl.datasets.toy2d import eight_centers
+from ddpmctl.metrics.toy2d import wasserstein
 
-RADIUS, STD = 2.0, 0.2  # the 8gaussians defaults (datasets/toy2d.py)
+STD = 0.2  # the 8gaussians default mode width (datasets/toy2d.py)
 SAMPLERS = (("ddpm", None), ("heun", 50), ("ipndm", 20))
-
-
-def w2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Exact W2 between two equally weighted point sets (POT, squared Euclidean cost)."""
-    cost = ot.dist(a.double().numpy(), b.double().numpy())
-    return math.sqrt(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost))
 
 
 def modes(x: torch.Tensor) -> tuple[torch.Tensor, float, list[float]]:
     """Each mode's share, the fraction farther than 3 STD from every mode, each mode's width."""
-    angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    centers = RADIUS * torch.stack([angle.cos(), angle.sin()], 1)
+    centers = eight_centers()
     d = torch.cdist(x.double(), centers)
     k = d.argmin(1)
     shares = torch.bincount(k, minlength=8).double() / len(x)
@@ -43,23 +36,21 @@ def modes(x: torch.Tensor) -> tuple[torch.Tensor, float, list[float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--process", default="edm")
-    p.add_argument("--draws", type=int, default=3, help="independent draws of 2000 samples and 2 x 2000 data points")
+    p.add_argument("--draws", type=int, default=3, help="independent draws of n samples and 2 x n fresh data points")
     p.add_argument("--n", type=int, default=2000)
     args = p.parse_args()
     run = ddpmctl.train(data="8gaussians", process=args.process, runs_dir="benchmarks/out/toy2d-modes", name=args.process, threads=2)
-    data = load_dataset("8gaussians").x.double()
+    ds = load_dataset("8gaussians")
     for sampler, steps in SAMPLERS:
         ratios = []
-        for seed in range(args.draws):
-            x = run.sample(n=args.n, sampler=sampler, steps=steps, seed=seed).x.double()
-            g = torch.Generator().manual_seed(100 + seed)
-            d1, d2 = (data[torch.randint(len(data), (args.n,), generator=g)] for _ in range(2))
-            ratios.append(w2(x, d1) / w2(d2, d1))
+        for seed in range(args.draws):  # the metric's floor uses ref_seed + 1: even seeds keep the draws apart
+            r = wasserstein(run.sample(n=args.n, sampler=sampler, steps=steps, seed=seed).x, ds, ref_seed=2 * seed)
+            ratios.append(r.values["w2"] / r.floor["w2"])
         shares, far, widths = modes(run.sample(n=20000, sampler=sampler, steps=steps, seed=9).x)
         print(f"{args.process} {sampler}: W2 / floor {[round(r, 2) for r in ratios]} (mean {np.mean(ratios):.3f}); "
               f"largest share error {float((shares - 1 / 8).abs().max()):.4f}; farther than 3 std {far:.4f}; "
               f"widths {[round(w, 3) for w in widths]}", flush=True)
-    shares, far, widths = modes(data[:20000])
+    shares, far, widths = modes(ds.x[:20000])
     print(f"data: farther than 3 std {far:.4f}; widths {[round(w, 3) for w in widths]}")
 
 

@@ -85,12 +85,13 @@ def build_schedule(s: TrainSettings) -> Schedule:
     return registry.build("schedule", s.schedule, s.schedule_options)
 
 
-DDPM_ONLY = {"learn_sigma": False, "loss_weighting": "none", "prediction": "eps"}  # settings of the ddpm process alone
+# Settings of the ddpm process alone, with their defaults (set to anything else, they are "given").
+DDPM_ONLY = {key: TrainSettings.model_fields[key].default for key in ("learn_sigma", "loss_weighting", "prediction")}
 
 
 def wants_ddpm(s: TrainSettings) -> bool:
     """Whether a setting only the ddpm process reads is given (then the default process is ddpm)."""
-    return s.schedule != "linear" or any(getattr(s, key) != default for key, default in DDPM_ONLY.items())
+    return s.schedule != TrainSettings.model_fields["schedule"].default or any(getattr(s, key) != default for key, default in DDPM_ONLY.items())
 
 
 def check_process(s: TrainSettings) -> None:

@@ -47,12 +47,16 @@ class EightGaussiansOptions(ToyOptions):
     std: float = Field(0.2, gt=0, description="standard deviation of each mode")
 
 
+def eight_centers(radius: float = 2.0) -> torch.Tensor:
+    """The modes of 8gaussians: eight points evenly spaced on a circle, (8, 2) float64."""
+    angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    return radius * torch.stack([angle.cos(), angle.sin()], dim=1)
+
+
 @with_options(EightGaussiansOptions)
 def EightGaussians(n=100_000, seed=0, radius=2.0, std=0.2) -> Dataset:
     """Eight gaussians evenly spaced on a circle."""
-    angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    centers = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-    return _dataset("8gaussians", _mixture(centers, std), n, seed, num_classes=8)
+    return _dataset("8gaussians", _mixture(eight_centers(radius), std), n, seed, num_classes=8)
 
 
 class GaussianMixtureOptions(ToyOptions):
