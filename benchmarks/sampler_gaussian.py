@@ -3,6 +3,7 @@ relative error of the samples' standard deviation (and the error of their mean) 
 50 network evaluations, as a Markdown table for docs/samplers.md.
 
     python benchmarks/sampler_gaussian.py            # n = 50000 two-dimensional samples, seed 0
+    python benchmarks/sampler_gaussian.py --spacing cosine   # every sampler that takes a grid, on one grid
 
 The denoiser is exact, so every error is the sampler's and its grid's (discretisation, and the
 finite sigma_max of the process: a mean error of about m s / sigma_max remains at any NFE).
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--m", type=float, default=1.0)
     p.add_argument("--s", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", default=None, help="one noise-level grid for every sampler that takes one (default: each sampler's own)")
     args = p.parse_args()
     print("| process | sampler (grid) | " + " | ".join(f"{k} NFE" for k in NFES) + " |")
     print("|---|---|" + "---|" * len(NFES))
@@ -46,6 +48,8 @@ def main() -> None:
         process = registry.build("process", proc_name, {}, schedule=linear(T=1000), prediction="eps")
         for name in registry.names("sampler"):
             fn, opts = registry.resolve("sampler", name, None)
+            if args.spacing and "spacing" in type(opts).model_fields:
+                opts = registry.validate_options("sampler", name, {"spacing": args.spacing})
             cells = []
             for nfe in NFES:
                 steps = (nfe + 1) // 2 if name == "heun" else nfe
