@@ -29,7 +29,7 @@ import torch
 
 from ddpmctl import load_dataset, registry, speed
 from ddpmctl.config import TrainSettings, saved
-from ddpmctl.devices import fast_math, pick_device, set_threads
+from ddpmctl.devices import fast_math, pick_device, set_threads, use_bf16
 from ddpmctl.metrics.base import score
 from ddpmctl.pipeline import Model, build_network, build_process, resolve, sample
 from ddpmctl.record import DataInfo, RunRecord
@@ -44,11 +44,11 @@ SAMPLERS = "dpm-solver++:20,unipc:20,heun:18,ddim:35"  # NFE 20, 20, 35, 35
 class Ours:
     """A ddpmctl objective on the phase-2 default U-Net and settings."""
 
-    def __init__(self, name: str, ds, device, seed: int, max_steps: int):
+    def __init__(self, name: str, ds, device, seed: int, max_steps: int, precision: str = "auto"):
         s = resolve(saved(TrainSettings, dict(data="mnist16", data_options={"digits": "0"}, seed=seed, steps=max_steps,
-                                              log_every=10**9, **SIDES[name])), ds)
+                                              log_every=10**9, precision=precision, **SIDES[name])), ds)
         self.s = s.model_copy(update={"checkpoint_every": 10**9})
-        self.loop = loop_config(self.s, self.s.batch_size)
+        self.loop = loop_config(self.s, self.s.batch_size, use_bf16(precision, device))  # as `ddpmctl train` chooses
         self.process = build_process(self.s)
         self.loss = objective(self.s, ds, self.process)
         torch.manual_seed(seed)
@@ -73,9 +73,9 @@ class Ours:
 class Theirs:
     """diffusers' recipe (speed.Diffusers at ddpmctl's settings), sampled through ddpmctl's samplers."""
 
-    def __init__(self, ds, device, seed: int, max_steps: int):
-        ours = Ours("ddpm", ds, device, seed, max_steps)
-        self.side, self.record, self.process, self.ds, self.device = DiffusersSide(ours.x, ours.loop, seed, device), ours.record, ours.process, ds, device
+    def __init__(self, ds, device, seed: int, max_steps: int, bf16: bool):
+        ours = Ours("ddpm", ds, device, seed, max_steps, "fp32")
+        self.side, self.record, self.process, self.ds, self.device = DiffusersSide(ours.x, ours.loop, seed, device, bf16), ours.record, ours.process, ds, device
 
     @property
     def step(self) -> int:
@@ -101,7 +101,10 @@ def evaluate(side, samplers, n: int, metric) -> dict:
 
 
 def run_side(name, ds, device, args, samplers, metric) -> list[dict]:
-    side = Theirs(ds, device, args.seed, args.max_steps) if name == "diffusers" else Ours(name, ds, device, args.seed, args.max_steps)
+    if name == "diffusers":
+        side = Theirs(ds, device, args.seed, args.max_steps, args.theirs_precision == "bf16")
+    else:
+        side = Ours(name, ds, device, args.seed, args.max_steps, args.precision)
     curve, clock = [], 0.0
     marks = [60 * float(m) for m in args.marks.split(",")] if args.marks else []
     next_eval = marks.pop(0) if marks else args.every_s
@@ -135,6 +138,8 @@ def main() -> None:
     p.add_argument("--marks", default=None, help="training minutes to evaluate at, comma-separated (instead of --every-s), e.g. 5,10,20")
     p.add_argument("--chunk", type=int, default=25, help="training steps between looks at the clock")
     p.add_argument("--max-steps", type=int, default=5000, help="the learning-rate schedule's length (cosine decay)")
+    p.add_argument("--precision", default="auto", help="ddpmctl's sides: auto (as `ddpmctl train`: bf16 on CUDA and on CPUs with AMX), fp32 or bf16")
+    p.add_argument("--theirs-precision", default="fp32", help="diffusers' side: fp32 (its example's default, --mixed_precision no) or bf16")
     p.add_argument("--n", type=int, default=980, help="samples per evaluation (980: as many as held-out zeros)")
     p.add_argument("--samplers", default=SAMPLERS, help="SAMPLER:STEPS, comma-separated; each side's best counts")
     p.add_argument("--threads", type=int, default=None)

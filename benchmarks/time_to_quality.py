@@ -55,8 +55,8 @@ class DiffusersEps(torch.nn.Module):
 class DiffusersSide(speed.Diffusers):
     """speed.Diffusers on the real data at ddpmctl's settings, and its EMA weights as a ddpmctl network."""
 
-    def __init__(self, x: torch.Tensor, loop: LoopConfig, seed: int, device: torch.device):
-        super().__init__("mnist16", loop.batch_size, device, bf16=False, seed=seed, x=x, loop=loop)
+    def __init__(self, x: torch.Tensor, loop: LoopConfig, seed: int, device: torch.device, bf16: bool = False):
+        super().__init__("mnist16", loop.batch_size, device, bf16=bf16, seed=seed, x=x, loop=loop)
         self.eval_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
 
     def ema_net(self) -> torch.nn.Module:

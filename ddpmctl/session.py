@@ -98,7 +98,7 @@ class Session:
         torch.manual_seed(s.seed)
         self.net = build_network(s, ds.shape, ds.num_classes)
         self.process = build_process(s)
-        self.loop = loop_config(s, self.rank_batch, use_bf16(s.precision, self.device))
+        self.loop = loop_config(s, self.rank_batch, use_bf16(s.precision, self.device, images=ds.kind == "images"))
         channels_last = ds.kind == "images" and channels_last_pays(self.device, training=True)
         self.state: TrainState = make_state(self.net, self.loop, self.device, s.seed, channels_last=channels_last, compile=s.compile)
         self.record = RunRecord(s, DataInfo.of(ds), plugin_record(s), versions(), sum(p.numel() for p in self.net.parameters()))

@@ -111,6 +111,7 @@ class Ours:
     functions as `ddpmctl train` (session.loop_config, session.objective) on synthetic data."""
 
     name = "ddpmctl"
+    sample_bf16 = False  # measure() sets it: bf16 sampling only when asked for
 
     def __init__(self, model: str, batch_size: int, device: torch.device, compile: bool, bf16: bool, seed: int = 0,
                  channels_last: Optional[bool] = None):
@@ -148,7 +149,7 @@ class Ours:
             if self.compile:
                 net = torch.compile(net)
             self._sampling_model = Model(None, self.record, net, self.process, 0, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.sample_bf16):
             sample(self._sampling_model, self.batch_size, "ddpm", nfe, seed=0, batch_size=self.batch_size)
 
 
@@ -180,6 +181,7 @@ class Diffusers:
     data with ddpmctl's settings: its learning rate and schedule, weight decay, clip and EMA decay."""
 
     name = "diffusers"
+    sample_bf16 = False
 
     def __init__(self, model: str, batch_size: int, device: torch.device, bf16: bool, seed: int = 0,
                  x: Optional[torch.Tensor] = None, loop=None):
@@ -239,7 +241,7 @@ class Diffusers:
         self.scheduler.set_timesteps(nfe)
         x = torch.randn((self.batch_size, *self.spec["shape"]), device=self.device, generator=self.g)
         for t in self.scheduler.timesteps:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.sample_bf16):
                 eps_hat = self.unet(x, t).sample
             x = self.scheduler.step(eps_hat.float(), t, x, generator=self.g).prev_sample
 
@@ -291,7 +293,9 @@ def measure(model: str, settings: Settings, device: torch.device, tick: Callable
     """Throughputs of one model (ours, and theirs with settings.vs), interleaved repeats."""
     check([model], settings)
     fast_math(device)
-    bf16 = use_bf16(settings.precision, device)
+    # Training autocasts as `ddpmctl train` would; sampling only when bf16 is asked for, as
+    # `ddpmctl sample` runs float32 (bf16 sampling was slower on an AMX CPU: 134 against 162 images/s).
+    bf16 = use_bf16(settings.precision, device, images=MODELS[model]["kind"] == "images")
     batch = settings.batch_size or MODELS[model]["batch_size"]
     sides = [Ours(model, batch, device, settings.compile, bf16)]
     if settings.vs == "diffusers":
@@ -301,6 +305,7 @@ def measure(model: str, settings: Settings, device: torch.device, tick: Callable
             raise ConfigError(f"the diffusers U-Net has {sides[1].parameters:,} parameters against ddpmctl's {sides[0].parameters:,}, more than 10% apart; the comparison would not be fair.")
 
     for side in sides:  # warm-up, then one step of each, for memory
+        side.sample_bf16 = settings.precision == "bf16"
         tick(f"{model}: warm-up {side.name}")
         warm_up(side, settings)
         side.train_peak = peak_step_bytes(lambda: side.train(1), device)

@@ -98,3 +98,14 @@ def test_train_with_bf16_autocast_runs_and_saves_float32_weights(tmp_path):
     assert meta["config"]["precision"] == "bf16" and meta["config"]["threads"] == 1
     assert all(v.dtype == torch.float32 for k, v in tensors.items() if k.startswith(("model/", "ema/")))
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model/"))
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_for_image_networks_on_amx_cpus_only(monkeypatch, amx):
+    from ddpmctl import devices
+
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: amx)
+    cpu = torch.device("cpu")
+    assert devices.use_bf16("auto", cpu, images=True) is amx
+    assert devices.use_bf16("auto", cpu, images=False) is False  # the 2-D MLPs keep float32
+    assert devices.use_bf16("fp32", cpu, images=True) is False and devices.use_bf16("bf16", cpu, images=False) is True

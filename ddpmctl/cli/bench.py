@@ -223,7 +223,7 @@ def speed(
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats; the median is reported.")] = 3,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training and sampling batch (default: each model's training default).")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile ddpmctl's network (training and sampling).")] = False,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA GPUs that support it, else float32), fp32 or bf16; both sides alike.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (training in bf16 where `ddpmctl train` would use it: CUDA GPUs that support it, image models on CPUs with AMX; sampling in float32), fp32 or bf16 (training and sampling); both sides alike.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
