@@ -51,7 +51,8 @@ def use_bf16(precision: str, device: torch.device, images: bool = True) -> bool:
     with bf16 support or, for image networks, on a CPU with AMX tiles, where oneDNN runs bf16
     convolutions on them (1.4x the mnist16 U-Net's fp32 training throughput, docs/benchmarks.md).
     Elsewhere auto keeps float32: on a CPU without bf16 instructions bf16 is far slower (30x for
-    the mnist16 U-Net on AVX2), and the 2-D MLPs gain nothing and lose precision."""
+    the mnist16 U-Net on AVX2), and the 2-D MLPs stay float32 (their 2-D bars are measured in
+    float32; bf16's speed and its rounding near the W2 floor were not measured for them)."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.cuda.is_bf16_supported()
