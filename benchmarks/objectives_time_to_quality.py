@@ -44,7 +44,7 @@ SAMPLERS = "dpm-solver++:20,unipc:20,heun:18,ddim:35"  # NFE 20, 20, 35, 35
 class Ours:
     """A ddpmctl objective on the phase-2 default U-Net and settings."""
 
-    def __init__(self, name: str, ds, device, seed: int, max_steps: int, precision: str = "auto"):
+    def __init__(self, name: str, ds, device, seed: int, max_steps: int, precision: str = "auto", compile: bool = False):
         s = resolve(saved(TrainSettings, dict(data="mnist16", data_options={"digits": "0"}, seed=seed, steps=max_steps,
                                               log_every=10**9, precision=precision, **SIDES[name])), ds)
         self.s = s.model_copy(update={"checkpoint_every": 10**9})
@@ -52,7 +52,7 @@ class Ours:
         self.process = build_process(self.s)
         self.loss = objective(self.s, ds, self.process)
         torch.manual_seed(seed)
-        self.state = make_state(build_network(self.s, ds.shape, 0), self.loop, device, seed)
+        self.state = make_state(build_network(self.s, ds.shape, 0), self.loop, device, seed, compile=compile)
         self.record, self.x, self.ds, self.device = RunRecord(self.s, DataInfo.of(ds)), ds.x.to(device), ds, device
 
     @property
@@ -104,7 +104,7 @@ def run_side(name, ds, device, args, samplers, metric) -> list[dict]:
     if name == "diffusers":
         side = Theirs(ds, device, args.seed, args.max_steps, args.theirs_precision == "bf16")
     else:
-        side = Ours(name, ds, device, args.seed, args.max_steps, args.precision)
+        side = Ours(name, ds, device, args.seed, args.max_steps, args.precision, args.compile)
     curve, clock = [], 0.0
     marks = [60 * float(m) for m in args.marks.split(",")] if args.marks else []
     next_eval = marks.pop(0) if marks else args.every_s
@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=25, help="training steps between looks at the clock")
     p.add_argument("--max-steps", type=int, default=5000, help="the learning-rate schedule's length (cosine decay)")
     p.add_argument("--precision", default="auto", help="ddpmctl's sides: auto (as `ddpmctl train`: bf16 on CUDA and on CPUs with AMX), fp32 or bf16")
+    p.add_argument("--compile", action="store_true", help="ddpmctl's sides: torch.compile the network (the compilation counts as training time)")
     p.add_argument("--theirs-precision", default="fp32", help="diffusers' side: fp32 (its example's default, --mixed_precision no) or bf16")
     p.add_argument("--n", type=int, default=980, help="samples per evaluation (980: as many as held-out zeros)")
     p.add_argument("--samplers", default=SAMPLERS, help="SAMPLER:STEPS, comma-separated; each side's best counts")
