@@ -111,10 +111,9 @@ class Ours:
     functions as `ddpmctl train` (session.loop_config, session.objective) on synthetic data."""
 
     name = "ddpmctl"
-    sample_bf16 = False  # measure() sets it: bf16 sampling only when asked for
 
     def __init__(self, model: str, batch_size: int, device: torch.device, compile: bool, bf16: bool, seed: int = 0,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, sample_bf16: bool = False):
         spec = MODELS[model]
         self.spec, self.batch_size, self.device = spec, batch_size, device
         # The phase's defaults with diffusers' objective (ddpm, like for like); a constant learning
@@ -137,7 +136,7 @@ class Ours:
         self.loss = objective(s, ds, self.process)
         self.record = RunRecord(s, DataInfo(spec["shape"], 0, spec["kind"], len(ds), 1.0))
         self.x = ds.x.to(device)
-        self.compile, self.bf16 = compile, bf16
+        self.compile, self.sample_bf16 = compile, sample_bf16
         self._sampling_model = None
 
     def train(self, steps: int) -> None:
@@ -181,10 +180,9 @@ class Diffusers:
     data with ddpmctl's settings: its learning rate and schedule, weight decay, clip and EMA decay."""
 
     name = "diffusers"
-    sample_bf16 = False
 
     def __init__(self, model: str, batch_size: int, device: torch.device, bf16: bool, seed: int = 0,
-                 x: Optional[torch.Tensor] = None, loop=None):
+                 x: Optional[torch.Tensor] = None, loop=None, sample_bf16: bool = False):
         try:
             from diffusers import DDPMScheduler, UNet2DModel
             from diffusers.training_utils import EMAModel
@@ -193,7 +191,7 @@ class Diffusers:
         spec = MODELS[model]
         if spec["kind"] != "images":
             raise OptionsError(f"diffusers has no counterpart of the {model} model (UNet2DModel is for images); drop --vs or choose image models.")
-        self.spec, self.batch_size, self.device, self.bf16 = spec, batch_size, device, bf16
+        self.spec, self.batch_size, self.device, self.bf16, self.sample_bf16 = spec, batch_size, device, bf16, sample_bf16
         torch.manual_seed(seed)
         self.config = diffusers_unet_config(spec["shape"])
         self.unet = UNet2DModel(**self.config).to(device)
@@ -297,15 +295,15 @@ def measure(model: str, settings: Settings, device: torch.device, tick: Callable
     # `ddpmctl sample` runs float32 (bf16 sampling was slower on an AMX CPU: 134 against 162 images/s).
     bf16 = use_bf16(settings.precision, device, images=MODELS[model]["kind"] == "images")
     batch = settings.batch_size or MODELS[model]["batch_size"]
-    sides = [Ours(model, batch, device, settings.compile, bf16)]
+    sample_bf16 = settings.precision == "bf16"
+    sides = [Ours(model, batch, device, settings.compile, bf16, sample_bf16=sample_bf16)]
     if settings.vs == "diffusers":
-        sides.append(Diffusers(model, batch, device, bf16))
+        sides.append(Diffusers(model, batch, device, bf16, sample_bf16=sample_bf16))
         ratio = sides[1].parameters / sides[0].parameters
         if abs(ratio - 1) > 0.1:
             raise ConfigError(f"the diffusers U-Net has {sides[1].parameters:,} parameters against ddpmctl's {sides[0].parameters:,}, more than 10% apart; the comparison would not be fair.")
 
     for side in sides:  # warm-up, then one step of each, for memory
-        side.sample_bf16 = settings.precision == "bf16"
         tick(f"{model}: warm-up {side.name}")
         warm_up(side, settings)
         side.train_peak = peak_step_bytes(lambda: side.train(1), device)
