@@ -41,13 +41,13 @@ def ddpmctl(*args) -> subprocess.CompletedProcess:
     return r
 
 
-def score(path: Path, n: int, draws: int, sampler: str) -> dict:
+def score(path: Path, n: int, draws: int, sampler: str | None, steps: int | None = None) -> dict:
     """W2 and histogram KL of ``draws`` independent draws of ``n`` samples, each against fresh data."""
     run = Run.load(path, device="cpu")
     ds = run.dataset()
     w, f, kls, kl_floors = [], [], [], []
     for k in range(draws):  # the floor uses ref_seed + 1: even ref_seeds keep the draws apart
-        x = run.sample(n=n, sampler=sampler, seed=k).x
+        x = run.sample(n=n, sampler=sampler, steps=steps, seed=k).x
         r, h = wasserstein(x, ds, ref_seed=2 * k), kl(x, ds, ref_seed=2 * k)
         w.append(r.values["w2"])
         f.append(r.floor["w2"])

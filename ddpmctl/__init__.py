@@ -3,6 +3,7 @@
     import ddpmctl
     run = ddpmctl.train(data="spiral", steps=2000)
     samples = run.sample(n=2000, sampler="dpm-solver++", steps=20)
+    one = ddpmctl.distill("runs/spiral", "consistency", steps=2000)     # a one-step model
     ddpmctl.Run.load("runs/spiral").evaluate(["wasserstein"])
 
 The API lives in ddpmctl.api (docs/api.md); its names are imported on first use, so that
@@ -13,7 +14,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = {"train": "ddpmctl.api", "Run": "ddpmctl.api", "Evaluation": "ddpmctl.api", "load_dataset": "ddpmctl.api",
+_API = {"train": "ddpmctl.api", "distill": "ddpmctl.api", "Run": "ddpmctl.api", "Evaluation": "ddpmctl.api", "load_dataset": "ddpmctl.api",
         "Samples": "ddpmctl.samples", "Events": "ddpmctl.events", "Printer": "ddpmctl.events",
         "TrainSettings": "ddpmctl.config", "RunRecord": "ddpmctl.record", "DdpmctlError": "ddpmctl.errors"}
 __all__ = ["__version__", *_API]

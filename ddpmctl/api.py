@@ -35,7 +35,7 @@ from ddpmctl.metrics.base import MetricResult, score
 from ddpmctl.pipeline import Model, build_dataset, load_model, sample as draw
 from ddpmctl.record import DataInfo
 from ddpmctl.samples import Samples
-from ddpmctl.session import Session
+from ddpmctl.session import Session, distill_settings
 
 PathLike = Union[str, Path]
 Classes = Union[None, int, str, Sequence[Union[int, str]]]
@@ -52,6 +52,20 @@ def train(*, config: Optional[PathLike] = None, resume: Optional[PathLike] = Non
     if digits is not None:
         settings["data_options"] = {**settings.get("data_options", {}), "digits": digits}
     session = Session.prepare(settings, Path(config) if config else None, Path(resume) if resume else None, events)
+    outcome = session.run(stop=stop or (lambda: False))
+    return Run.load(outcome.run, device=str(session.device))
+
+
+def distill(teacher: PathLike, method: str, *, name: Optional[str] = None, config: Optional[PathLike] = None,
+            resume: Optional[PathLike] = None, events: Optional[Events] = None, stop: Optional[Callable[[], bool]] = None, **settings) -> Run:
+    """A few-step model from a trained run, as `ddpmctl distill` makes it: a new run (``name``,
+    default <teacher>-<method>, beside the teacher) with the teacher's data, network and process,
+    starting from its EMA weights and trained with ``method`` (methods.py; ``method_options``).
+    Unset, steps, batch size, learning rate and seed are the teacher's."""
+    if resume is not None:
+        return train(resume=resume, config=config, events=events, stop=stop, **settings)
+    flags, base = distill_settings(Path(teacher), method, name)
+    session = Session.prepare({**flags, **settings}, Path(config) if config else None, None, events, base=base)
     outcome = session.run(stop=stop or (lambda: False))
     return Run.load(outcome.run, device=str(session.device))
 
@@ -148,13 +162,15 @@ class Run:
             raise OptionsError(f"--class was given no class; use classes 0 to {k - 1}, e.g. --class 7 or --class 1,2.")
         return chosen
 
-    def sample(self, n: Optional[int] = None, sampler: str = "ddpm", steps: Optional[int] = None, seed: int = 0,
+    def sample(self, n: Optional[int] = None, sampler: Optional[str] = None, steps: Optional[int] = None, seed: int = 0,
                classes: Classes = None, guidance: float = 1.0, per_class: Optional[int] = None, labels: Optional[torch.Tensor] = None,
                clip: Optional[float] = None, dynamic_threshold: Optional[float] = None, options: Optional[dict] = None,
                batch_size: Optional[int] = None, trajectory: bool = False, events: Optional[Events] = None) -> Samples:
-        """Draw samples (sample i depends only on (seed, i)); default n: 2000 points or 64 images.
+        """Draw samples (sample i depends only on (seed, i)); default n: 2000 points or 64 images;
+        default sampler: ddpm, or few-step for a few-step model (methods.py).
         ``trajectory`` keeps x_t of the first batch at about 40 steps in ``Samples.trajectory``."""
         events = events or Events()
+        sampler = sampler or self.model.default_sampler
         self.check_steps(steps)
         images = self.data.kind == "images"
         default_n = n or (64 if images else 2000)
@@ -192,7 +208,7 @@ class Run:
             raise OptionsError(f"--steps {steps} is more than the {T} noise levels a sampler may visit; use at most {T}.")
 
     # -- evaluating -----------------------------------------------------------------------------
-    def evaluate(self, metrics: Union[str, Sequence[str]] = "wasserstein", n: int = 2000, sampler: str = "ddpm",
+    def evaluate(self, metrics: Union[str, Sequence[str]] = "wasserstein", n: int = 2000, sampler: Optional[str] = None,
                  steps: Optional[int] = None, seed: int = 0, samples: Union[None, PathLike, Samples] = None,
                  classes: Classes = None, guidance: float = 1.0, options: Optional[dict[str, dict]] = None,
                  events: Optional[Events] = None) -> Evaluation:
@@ -223,3 +239,4 @@ class Run:
 def takes(fn: Callable, parameter: str) -> bool:
     """Whether a metric plugin takes ``parameter``: ``labels`` (it scores samples by class), ``png``."""
     return parameter in inspect.signature(fn).parameters
+

@@ -7,7 +7,7 @@ eps_hat at a scaled state x and a noise level sigma (Karras et al. 2022's D(x; s
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
@@ -57,6 +57,11 @@ class Denoiser:
 
     ``process`` is a processes.Process; a schedules.Schedule stands for the DDPM process of that
     schedule with the given ``prediction``.
+
+    ``second_noise(sigma, sigma_next)`` is given for a network that also reads where a jump ends
+    (a few-step method's, methods.py): asked with ``sigma_next``, the denoiser answers for the
+    jump from sigma to sigma_next (its x0_hat is the one a DDIM step to sigma_next follows).
+    ``few_step_gamma`` is the few-step sampler's default noise refresh for this model (its method's).
     """
 
     def __init__(
@@ -68,6 +73,8 @@ class Denoiser:
         guidance: float = 1.0,
         clip_x0: float | None = None,
         dynamic_threshold: float | None = None,
+        second_noise: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None,
+        few_step_gamma: float = 0.0,
     ):
         self.net = net
         self.process = DDPM(process, prediction) if isinstance(process, Schedule) else process
@@ -75,30 +82,34 @@ class Denoiser:
         self.guidance = guidance
         self.clip_x0 = clip_x0
         self.dynamic_threshold = dynamic_threshold
+        self.second_noise = second_noise
+        self.few_step_gamma = few_step_gamma
         self.nfe = 0
         self.clip_count = 0
         self.x0_count = 0
 
-    def _net(self, x, sigma, y):
+    def _net(self, x, sigma, y, sigma_next=None):
         self.nfe += 1
         x_in, c_noise = self.process.network_input(x, sigma)
+        if self.second_noise is not None:
+            c_noise = torch.stack([c_noise, self.second_noise(sigma, sigma_next).to(c_noise)], 1)
         dtype = next(self.net.parameters()).dtype
         return self.net(x_in.to(dtype), c_noise, y).to(x.dtype)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None) -> Prediction:
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x.shape[0])
+    def __call__(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None, sigma_next=None) -> Prediction:
+        sigma = _levels(sigma, x)
+        sigma_next = None if sigma_next is None else _levels(sigma_next, x)
         if y is not None and self.guidance != 1.0:
             null = torch.full_like(y, self.num_classes)
-            out = self._net(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([y, null]))
+            both = None if sigma_next is None else torch.cat([sigma_next, sigma_next])
+            out = self._net(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([y, null]), both)
             out_c, out_u = out.chunk(2)
             out_c, var_interp = split_variance(out_c, x)
             out_u, _ = split_variance(out_u, x)
             out = out_u + self.guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
         else:
-            out, var_interp = split_variance(self._net(x, sigma, y), x)
+            out, var_interp = split_variance(self._net(x, sigma, y, sigma_next), x)
         x0 = self.process.x0_from_output(out, x, sigma)
         if self.clip_x0 is not None or self.dynamic_threshold is not None:
             x0_raw = x0
@@ -110,3 +121,9 @@ class Denoiser:
             self.x0_count += x0.numel()
         s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         return Prediction((x - x0) / s, x0, var_interp)
+
+
+def _levels(sigma, x: torch.Tensor) -> torch.Tensor:
+    """A float, 0-d or (B,) noise level as (B,) float64 on x's device."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma

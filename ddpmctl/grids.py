@@ -2,7 +2,8 @@
 
 ``preview(...)`` draws a fixed set of samples (fixed seed, so grids at different steps are
 comparable: same x_T, same noise) from the EMA weights with the ancestral DDPM sampler
-respaced to a few steps (Nichol & Dhariwal 2021, sec. 4), and saves them as one PNG.
+respaced to a few steps (Nichol & Dhariwal 2021, sec. 4), or a few-step model in one step,
+and saves them as one PNG.
 A class-conditional model gets one row per class (the first ten classes at most).
 """
 
@@ -15,7 +16,6 @@ import torch
 from ddpmctl import registry
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.samplers.base import randn
-from ddpmctl.processes import Process
 
 
 def preview_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
@@ -26,30 +26,20 @@ def preview_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def preview(
-    net: torch.nn.Module,
-    process: Process,
-    num_classes: int,
-    data_shape: tuple[int, ...],
-    path: Path,
-    n: int = 64,
-    steps: int = 50,
-    seed: int = 0,
-    sampler: str = "ddpm",
-) -> Path:
-    """Save a grid of samples from ``net`` (kept in its current mode; use the EMA copy, in eval)."""
+def preview(den: Denoiser, data_shape: tuple[int, ...], path: Path, n: int = 64, steps: int = 50, seed: int = 0, sampler: str = "ddpm") -> Path:
+    """Save a grid of samples of the denoiser ``den`` (its network kept in its current mode: use
+    the EMA copy, in eval): each class's row for a conditional model."""
     from ddpmctl import plots
 
-    device = next(net.parameters()).device
-    y = preview_labels(num_classes)
+    device = next(den.net.parameters()).device
+    y = preview_labels(den.num_classes)
     if y is not None:
-        n, nrow = len(y), len(y) // min(num_classes, 10)
+        n, nrow = len(y), len(y) // min(den.num_classes, 10)
         y = y.to(device)
     else:
         nrow = None
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = randn((n, *data_shape), g, device)
     fn, opts = registry.resolve("sampler", sampler, None)
-    den = Denoiser(net, process, num_classes=num_classes, guidance=1.0, clip_x0=1.0)  # plain conditional, x0_hat clipped to [-1, 1]
-    x0, _ = fn(den, x_T, min(steps, process.max_steps), g, None, y, **opts.model_dump())
+    x0, _ = fn(den, x_T, min(steps, den.process.max_steps), g, None, y, **opts.model_dump())
     return plots.image_grid(x0.float().cpu(), path, nrow=nrow)

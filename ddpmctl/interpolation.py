@@ -1,12 +1,13 @@
 """Interpolation in the latent x_T of deterministic DDIM (Song et al. 2021, sec. 5.3):
-spherical interpolation between two latents, decoded with eta = 0; real examples are first
-encoded by DDIM inversion."""
+spherical interpolation between two latents, decoded with eta = 0 (a few-step model: with its
+deterministic jumps); real examples are first encoded by DDIM inversion."""
 
 from __future__ import annotations
 
 import torch
 
 from ddpmctl.samplers.ddim import ddim, ddim_invert
+from ddpmctl.samplers.fewstep import few_step as few_step_sampler
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
@@ -28,8 +29,11 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alphas: torch.Tensor) -> torch.Ten
     return out.reshape(len(alphas), *z0.shape).to(z0.dtype)
 
 
-def decode(denoiser, x_T: torch.Tensor, steps: int, y: torch.Tensor | None = None, spacing: str = "auto") -> torch.Tensor:
-    """x_T -> x_0 with deterministic DDIM (eta = 0)."""
+def decode(denoiser, x_T: torch.Tensor, steps: int, y: torch.Tensor | None = None, spacing: str = "auto", few_step: bool = False) -> torch.Tensor:
+    """x_T -> x_0 with deterministic DDIM (eta = 0), or a few-step model's deterministic jumps."""
+    if few_step:
+        x0, _ = few_step_sampler(denoiser, x_T, steps, None, None, y, gamma=0.0, spacing=spacing)
+        return x0
     x0, _ = ddim(denoiser, x_T, steps, None, None, y, eta=0.0, spacing=spacing)
     return x0
 
@@ -43,11 +47,11 @@ def encode(denoiser, x_0: torch.Tensor, steps: int, y: torch.Tensor | None = Non
 
 
 def interpolate(denoiser, z0: torch.Tensor, z1: torch.Tensor, frames: int, steps: int,
-                y: torch.Tensor | None = None, spacing: str = "auto") -> torch.Tensor:
+                y: torch.Tensor | None = None, spacing: str = "auto", few_step: bool = False) -> torch.Tensor:
     """Decode `frames` latents spherically interpolated from z0 to z1 (both (B, *D)); returns
     (frames, B, *D). ``y`` (B,) labels, repeated for every frame."""
     K, B = frames, z0.shape[0]
     z = slerp(z0, z1, torch.linspace(0, 1, K, dtype=torch.float64))  # (K, B, *D)
     y_all = None if y is None else y.repeat(K)
-    x = decode(denoiser, z.reshape(K * B, *z0.shape[1:]), steps, y_all, spacing)
+    x = decode(denoiser, z.reshape(K * B, *z0.shape[1:]), steps, y_all, spacing, few_step)
     return x.reshape(K, B, *z0.shape[1:])

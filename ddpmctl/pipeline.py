@@ -20,6 +20,7 @@ from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.devices import channels_last_pays, pick_device
 from ddpmctl.errors import ConfigError, DataError, DdpmctlError, UnknownNameError
+from ddpmctl.methods import Method
 from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, PluginInfo, RunRecord
 from ddpmctl.run import RunDir
@@ -35,16 +36,21 @@ def build_dataset(name: str, options: dict) -> Dataset:
 
 
 def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:
-    """Fill the phase defaults (values left at None) for this dataset's kind, and the options
-    the process takes from the data (EDM's sigma_data) when they are not given."""
+    """Fill the phase defaults (values left at None) for this dataset's kind (the process: the one
+    a few-step method is defined on, if it names one), and the options the process takes from the
+    data (EDM's sigma_data) when they are not given."""
     defaults = PHASE_DEFAULTS[ds.kind]
     filled = {k: v for k, v in defaults.items() if getattr(s, k) is None}
     if s.process is None and wants_ddpm(s):
         filled["process"] = "ddpm"
+    elif s.process is None and s.method is not None and (only := registry.load("method", s.method).processes):
+        filled["process"] = only[0]  # a method defined on one process (meanflow: flow) brings it
     process = registry.load("process", filled.get("process", s.process))
     from_data = {k: v for k, v in getattr(process, "data_defaults", lambda x: {})(ds.x).items() if k not in s.process_options}
     if from_data:
         filled["process_options"] = {**s.process_options, **from_data}
+    if s.method is not None:  # a few-step model is watched at one step unless told otherwise
+        filled.update({k: v for k, v in (("eval_sampler", "few-step"), ("eval_steps", 1)) if k not in s.model_fields_set})
     return s.model_copy(update=filled)
 
 
@@ -62,7 +68,8 @@ def default_metric(kind: str, shape) -> str:
 
 def plugin_record(s: TrainSettings) -> dict[str, PluginInfo]:
     out = {}
-    for kind, name in (("dataset", s.data), ("network", s.network), ("schedule", s.schedule), ("process", s.process)):
+    kinds = [("dataset", s.data), ("network", s.network), ("schedule", s.schedule), ("process", s.process)]
+    for kind, name in kinds + ([("method", s.method)] if s.method else []):
         e = registry.entry(kind, name)
         out[kind] = PluginInfo(name, e.dist, e.version)
     return out
@@ -71,6 +78,8 @@ def plugin_record(s: TrainSettings) -> dict[str, PluginInfo]:
 def build_network(s: TrainSettings, data_shape, num_classes: int) -> torch.nn.Module:
     """The network of resolved settings ``s`` for data of ``data_shape`` with ``num_classes`` classes."""
     extra = {"out_mult": 2} if s.learn_sigma else {}  # learned variance: twice the channels
+    if s.method is not None and registry.load("method", s.method).noise_inputs == 2:
+        extra["noise_inputs"] = 2  # it also reads where a jump ends (methods.py)
     return registry.build(
         "network",
         s.network,
@@ -109,6 +118,51 @@ def build_process(s: TrainSettings) -> Process:
     return registry.build("process", s.process, s.process_options, schedule=build_schedule(s), prediction=s.prediction)
 
 
+def build_method(s: TrainSettings) -> Optional[Method]:
+    """The few-step method of resolved settings ``s``, or None for a diffusion model."""
+    return None if s.method is None else registry.build("method", s.method, s.method_options)
+
+
+def check_method(s: TrainSettings) -> None:
+    """Refuse a few-step method on a process it is not defined on, with a learned variance, or
+    without the teacher it calls."""
+    if s.method is None:
+        return
+    method = build_method(s)
+    if method.uses_teacher and s.teacher is None:
+        raise ConfigError(f"method {s.method} with these options learns from a teacher's network; make it with `ddpmctl distill RUN --method {s.method}`.")
+    if method.processes is not None and s.process not in method.processes:
+        raise ConfigError(f"method {s.method} is defined on the {', '.join(method.processes)} process, not on {s.process}; train (or distill a run trained) with --process {method.processes[0]}.")
+    if s.learn_sigma:
+        raise ConfigError(f"method {s.method} does not use a learned variance; distill a run trained without --learn-sigma.")
+
+
+# What a run distilled from a teacher keeps of it: the same data, network and process.
+INHERITED = ("data", "data_options", "network", "network_options", "process", "process_options", "schedule", "schedule_options", "prediction", "cond", "learn_sigma")
+
+
+def check_teacher(s: TrainSettings) -> None:
+    """A teacher run must exist and share the data, network and process settings of ``s``."""
+    teacher = RunDir.open(s.teacher).record.config
+    if teacher.method is not None:
+        raise ConfigError(f"{s.teacher} is itself a few-step model (method {teacher.method}); distill a diffusion run.")
+    ours = s.model_dump(mode="json")
+    theirs = teacher.model_dump(mode="json")
+    diff = [k for k in INHERITED if ours[k] is not None and ours[k] != theirs[k]]
+    if diff:
+        what = "; ".join(f"{k} is {theirs[k]!r} there, {ours[k]!r} here" for k in diff)
+        raise ConfigError(f"the teacher {s.teacher} was trained with other settings ({what}); drop them, the distilled run takes the teacher's.")
+
+
+def start_from(net: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """Load a teacher's weights into ``net``; a network that also reads a second noise level keeps
+    that embedding as built (it starts at zero: the teacher's function)."""
+    missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
+    extra = [k for k in missing if ".mlp2." not in k]
+    if extra or unexpected:
+        raise ConfigError(f"the teacher's network does not fit this one (missing {extra[:3]}, unexpected {unexpected[:3]}); distill with the teacher's network settings.")
+
+
 def run_name(s: TrainSettings) -> str:
     return s.name or f"{s.data}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -126,6 +180,12 @@ class Model:
     device: torch.device
     _dataset: Optional[Dataset] = field(default=None, repr=False)
     changes: list[str] = field(default_factory=list)  # provenance: what differs from when the checkpoint was written
+    method: Optional[Method] = None  # a few-step model's method (methods.py)
+
+    @property
+    def default_sampler(self) -> str:
+        """What `ddpmctl sample` uses unless told: few-step for a few-step model, else ddpm."""
+        return "few-step" if self.method is not None else "ddpm"
 
     @property
     def config(self) -> TrainSettings:
@@ -157,7 +217,10 @@ class Model:
 
     def denoiser(self, guidance: float = 1.0, clip_x0: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
         """A denoiser of this model; ``clip_x0`` as in ``resolve_clip``."""
-        return Denoiser(self.net, self.process, self.config.prediction, self.num_classes, guidance, self.resolve_clip(clip_x0), dynamic_threshold)
+        m = self.method
+        second = (lambda sigma, sigma_next: m.second_noise(self.process, sigma, sigma_next)) if m is not None and m.noise_inputs == 2 else None
+        return Denoiser(self.net, self.process, self.config.prediction, self.num_classes, guidance, self.resolve_clip(clip_x0),
+                        dynamic_threshold, second, m.gamma if m is not None else 0.0)
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
@@ -180,7 +243,7 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
         net = net.to(memory_format=torch.channels_last)
     if compile:
         net = torch.compile(net)
-    return Model(run, record, net, build_process(record.config), int(meta["step"]), dev, changes=provenance_changes(meta))
+    return Model(run, record, net, build_process(record.config), int(meta["step"]), dev, changes=provenance_changes(meta), method=build_method(record.config))
 
 
 def provenance_changes(meta: dict) -> list[str]:
@@ -213,7 +276,7 @@ def block_generators(seed: int, start: int, n: int, device) -> list[torch.Genera
 def sample(
     model: Model,
     n: int,
-    sampler: str = "ddpm",
+    sampler: Optional[str] = None,
     steps: int | None = None,
     seed: int = 0,
     options: dict | None = None,
@@ -225,12 +288,15 @@ def sample(
     on_batch: Callable[[int], None] | None = None,
     dynamic_threshold: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Draw n samples; sample i depends only on (seed, i), not on the batch size.
+    """Draw n samples; sample i depends only on (seed, i), not on the batch size. Unset, the
+    sampler is the model's default (``Model.default_sampler``).
 
     ``callback(i, S, t, x_t, x0_hat)`` sees the first batch's trajectory. Returns the samples
     (float32, CPU) and a record of how they were drawn.
     """
+    sampler = sampler or model.default_sampler
     fn, opts = registry.resolve("sampler", sampler, options)
+    steps = steps or getattr(fn, "default_steps", None)  # the sampler's own (few-step: 1), else the process's
     batch_size = max(NOISE_BLOCK, batch_size // NOISE_BLOCK * NOISE_BLOCK)
     out, nfe = [], 0
     clipped, seen = 0, 0

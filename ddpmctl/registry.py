@@ -1,7 +1,7 @@
 """Plugin registries resolved through Python entry points.
 
-Six groups: ``ddpmctl.datasets``, ``ddpmctl.networks``, ``ddpmctl.schedules``,
-``ddpmctl.processes``, ``ddpmctl.samplers`` and ``ddpmctl.metrics``. The built-ins are declared in ddpmctl's own
+Seven groups: ``ddpmctl.datasets``, ``ddpmctl.networks``, ``ddpmctl.schedules``,
+``ddpmctl.processes``, ``ddpmctl.samplers``, ``ddpmctl.metrics`` and ``ddpmctl.methods``. The built-ins are declared in ddpmctl's own
 pyproject exactly as a third party declares theirs. Nothing is imported until a name is
 resolved, and then only that plugin; a plugin that fails to import is reported as broken
 and leaves the others working.
@@ -28,6 +28,7 @@ KINDS = {
     "process": "ddpmctl.processes",
     "sampler": "ddpmctl.samplers",
     "metric": "ddpmctl.metrics",
+    "method": "ddpmctl.methods",
 }
 
 

@@ -31,7 +31,9 @@ from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_thre
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.events import Events
 from ddpmctl.grids import preview
-from ddpmctl.pipeline import Model, build_dataset, build_network, build_process, check_process, plugin_record, provenance_changes, resolve, run_name, versions
+from ddpmctl.methods import Method
+from ddpmctl.pipeline import (Model, build_dataset, build_method, build_network, build_process, check_method, check_process, check_teacher, load_model, INHERITED,
+                              plugin_record, provenance_changes, resolve, run_name, start_from, versions)
 from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, RunRecord
 from ddpmctl.run import RunDir
@@ -47,22 +49,25 @@ def loop_config(s: TrainSettings, batch_size: int, bf16: bool = False) -> LoopCo
     )
 
 
-def objective(s: TrainSettings, ds: Dataset, process: Process):
-    """The loss of resolved ``s``, the process's own: for ddpm L_simple (DDPM Algorithm 1) or its
-    min-SNR-gamma weighting, plus L_vlb for a learned variance (the hybrid loss); EDM's weighted
-    denoising loss; the flow-matching loss."""
+def objective(s: TrainSettings, ds: Dataset, process: Process, method: Optional[Method] = None, teacher: Optional[Model] = None):
+    """The loss of resolved ``s``: a few-step ``method``'s (given its ``teacher``), else the
+    process's own: for ddpm L_simple (DDPM Algorithm 1) or its min-SNR-gamma weighting, plus L_vlb
+    for a learned variance (the hybrid loss); EDM's weighted denoising loss; the flow-matching loss."""
     p_uncond = s.p_uncond if (s.cond == "class" and ds.y is not None) else 0.0
+    if method is not None:
+        den = teacher.denoiser(getattr(method, "teacher_guidance", 1.0), clip_x0=0) if teacher is not None else None
+        return method.loss(process, p_uncond, ds.num_classes, den, s.steps)
     gamma = s.snr_gamma if s.loss_weighting == "min-snr" else None
     # L_vlb's t = 1 term with a learned variance: discretized for 8-bit images, a density for points.
     decoder = "discretized" if ds.kind == "images" else "gaussian"
     return process.loss(p_uncond, ds.num_classes, learn_sigma=s.learn_sigma, vlb_weight=s.vlb_weight, decoder=decoder, snr_gamma=gamma)
 
 
-def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None) -> tuple[TrainSettings, Optional[RunDir]]:
-    """Settings of a new run (defaults < TOML < env < ``flags``), or of ``resume``d run (its saved
-    config below those layers): a resumed run refuses any change outside config.RESUMABLE."""
+def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None, base: Optional[dict] = None) -> tuple[TrainSettings, Optional[RunDir]]:
+    """Settings of a new run (defaults < ``base`` < TOML < env < ``flags``), or of ``resume``d run
+    (its saved config below those layers): a resumed run refuses any change outside config.RESUMABLE."""
     if resume is None:
-        return load_settings(TrainSettings, config_file, **flags), None
+        return load_settings(TrainSettings, config_file, base=base, **flags), None
     run = RunDir.open(resume)
     saved = run.record.config.model_dump(mode="json")
     s = load_settings(TrainSettings, config_file, base=saved, **flags)
@@ -72,6 +77,15 @@ def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[P
         what = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in diff)
         raise ConfigError(f"cannot resume {run.path} with a different config ({what}); drop those settings or start a new run with --name.")
     return s, run
+
+
+def distill_settings(teacher: Path, method: str, name: Optional[str] = None, runs_dir: Optional[Path] = None) -> tuple[dict, dict]:
+    """(flags, base) of a run distilled from ``teacher`` with ``method``: named <teacher>-<method>
+    and made beside it unless told, on the teacher's data, network and process and, below the
+    TOML file, the environment and the caller's flags, its steps, batch, rate and seed."""
+    saved = RunDir.open(teacher).record.config.model_dump(mode="json")
+    flags = {"method": method, "teacher": teacher.absolute(), "name": name or f"{teacher.name}-{method}", "runs_dir": runs_dir or teacher.parent}
+    return flags, {k: saved[k] for k in INHERITED + ("p_uncond", "steps", "batch_size", "lr", "seed")}
 
 
 @dataclass
@@ -98,6 +112,8 @@ class Session:
         torch.manual_seed(s.seed)
         self.net = build_network(s, ds.shape, ds.num_classes)
         self.process = build_process(s)
+        self.method = build_method(s)
+        self.teacher = self._teacher(run)
         self.loop = loop_config(s, self.rank_batch, use_bf16(s.precision, self.device, images=ds.kind == "images"))
         channels_last = ds.kind == "images" and channels_last_pays(self.device, training=True)
         self.state: TrainState = make_state(self.net, self.loop, self.device, s.seed, channels_last=channels_last, compile=s.compile)
@@ -106,13 +122,25 @@ class Session:
         self.offset = 0.0  # wall time of earlier sessions of this run
         self.status, self.quality = "", ""  # what the progress shows: rate and loss, the latest evaluation
 
+    def _teacher(self, run: Optional[RunDir]) -> Optional[Model]:
+        """The teacher run's model, when the method calls it; a new run starts from its EMA weights."""
+        fresh = run is None or not run.checkpoints()
+        if self.s.teacher is None or not (fresh or (self.method is not None and self.method.uses_teacher)):
+            return None
+        teacher = load_model(self.s.teacher, str(self.device))
+        if fresh:
+            start_from(self.net, teacher.net)
+        return teacher
+
     # -- preparing ------------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None, events: Optional[Events] = None) -> "Session":
+    def prepare(cls, flags: dict, config_file: Optional[Path] = None, resume: Optional[Path] = None, events: Optional[Events] = None,
+                base: Optional[dict] = None) -> "Session":
         """Check everything, build the dataset, network and optimiser, and make or reopen the run
         directory (restoring its last good checkpoint). Raises a DdpmctlError with one sentence
-        when anything does not fit, before a step is trained."""
-        s, run = settings(flags, config_file, resume)
+        when anything does not fit, before a step is trained. ``base``: settings below the TOML
+        file (a distilled run's, from its teacher)."""
+        s, run = settings(flags, config_file, resume, base)
         if s.data_dir is not None:  # the setting (TOML, env or flag) is where datasets look
             os.environ["DDPMCTL_DATA_DIR"] = str(s.data_dir)
         # Names and options are checked before anything heavy is built.
@@ -121,6 +149,10 @@ class Session:
         if s.process is not None:  # else the phase's default, checked once resolved
             registry.validate_options("process", s.process, s.process_options)
         check_process(s)
+        if s.method is not None:
+            registry.validate_options("method", s.method, s.method_options)
+        if s.teacher is not None and resume is None:
+            check_teacher(s)
         if s.network is not None:
             registry.validate_options("network", s.network, s.network_options)
         world = distributed.world_from_env()  # torchrun: this process's rank; else one process
@@ -130,6 +162,7 @@ class Session:
         s = resolve(s, ds)
         registry.validate_options("process", s.process, s.process_options)
         registry.validate_options("network", s.network, s.network_options)
+        check_method(s)
         if s.cond == "class" and (ds.y is None or ds.num_classes == 0):
             raise DataError(f"dataset {s.data!r} has no class labels, so --cond class cannot be used; drop --cond.")
         session = cls(s, run, ds, world, device, events or Events())
@@ -138,7 +171,7 @@ class Session:
 
     def model(self) -> Model:
         """The EMA weights now, as a model to sample (the evaluations score it)."""
-        return Model(self.run_dir, self.record, self.state.ema, self.process, self.state.step, self.device, _dataset=self.ds)
+        return Model(self.run_dir, self.record, self.state.ema, self.process, self.state.step, self.device, _dataset=self.ds, method=self.method)
 
     def _measure(self) -> tuple[dict, Optional[torch.Tensor]]:
         return self.watch.evaluator(self.model())
@@ -214,7 +247,7 @@ class Session:
             if self.first is not None:
                 self._log_eval({**self.first[0], "time": round(self.offset, 3)}, self.first[1])
             hooks = Hooks(log=self._log, checkpoint=self._save, progress=self._progress, stop=lambda: self._should_stop(stop))
-            why = train_loop(state, objective(s, ds, self.process), x, y, self.loop, hooks)
+            why = train_loop(state, objective(s, ds, self.process, self.method, self.teacher), x, y, self.loop, hooks)
             ended = time.perf_counter()  # before the plots
         finally:
             if self.world.main:
@@ -269,8 +302,9 @@ class Session:
             self.events.progress("train", step, s.steps, self.status)
         if self.world.main and s.sample_every and self.ds.kind == "images" and (step % s.sample_every == 0 or step == s.steps):
             # image runs: a fixed-seed sample grid of the EMA weights every sample_every steps
-            preview(self.state.ema, self.process, self.ds.num_classes if s.cond == "class" else 0, self.ds.shape,
-                    self.run_dir.path / "grids" / f"step-{step:08d}.png", seed=s.seed)
+            model = self.model()  # the plain conditional model, x0_hat clipped to [-1, 1]; a few-step model in one step
+            steps, sampler = (1, "few-step") if self.method is not None else (50, "ddpm")
+            preview(model.denoiser(clip_x0=1.0), self.ds.shape, self.run_dir.path / "grids" / f"step-{step:08d}.png", steps=steps, seed=s.seed, sampler=sampler)
         if self.world.main and self.watch.every and (step % self.watch.every == 0 or step == s.steps):
             self._log_eval(*self._measure())
 

@@ -1,6 +1,7 @@
 """The training loop. It receives built objects and knows none of their names.
 
     loss = loss_fn(net, x0, y, generator)     # DDPM Algorithm 1, or any other objective
+    loss_fn.set_step(step)                     # before each step, when the loss has a curriculum
 
 AdamW with linear warm-up (and optional cosine decay), gradient-norm clipping, an EMA of the
 weights, and hooks for logging, checkpoints and stopping. Batches and noise come from one
@@ -186,6 +187,7 @@ def train(
     """
     net, optimizer, g = state.net, state.optimizer, state.generator
     model = state.model if state.model is not None else net
+    curriculum = getattr(loss_fn, "set_step", None)  # a loss that changes over training (methods.py) is told the step
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     # A stop request is agreed among processes every step on the CPU, every 10 on CUDA (a host sync).
     sync_every = 10 if distributed.active() and x.device.type != "cpu" else 1
@@ -208,6 +210,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, N, (cfg.batch_size,), device=x.device, generator=g)
+        if curriculum is not None:
+            curriculum(step)
         with autocast:
             loss = loss_fn(model, x[idx], None if y is None else y[idx], g)
         optimizer.zero_grad(set_to_none=True)

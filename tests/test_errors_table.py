@@ -45,7 +45,12 @@ def places(tiny_run, tmp_path_factory):
     shutil.copytree(tiny_run, damaged)
     for ckpt in (damaged / "checkpoints").glob("*.safetensors"):
         ckpt.write_bytes(ckpt.read_bytes()[:300])
-    return {"tmp": root, "run": tiny_run, "damaged": damaged}
+    import ddpmctl
+    from tests.conftest import TINY_SETTINGS
+
+    distilled = ddpmctl.distill(tiny_run, "consistency", name="distilled", runs_dir=root, steps=2, checkpoint_every=2).path
+    other = ddpmctl.train(data="moons", name="moons", runs_dir=root, **{**TINY_SETTINGS, "steps": 2, "checkpoint_every": 2}).path
+    return {"tmp": root, "run": tiny_run, "damaged": damaged, "distilled": distilled, "other": other}
 
 
 def cases(p: dict) -> list[tuple[str, list[str], dict]]:
@@ -110,6 +115,14 @@ def cases(p: dict) -> list[tuple[str, list[str], dict]]:
         ("compare with a malformed --quality", ["compare", run, "--quality", "w2=0.1"], {}),
         ("compare on a quality no run measured", ["compare", run, "--quality", "fid<=3"], {}),
         ("compare a missing run", ["compare", run, str(t / "nope")], {}),
+        ("distill a missing run", ["distill", str(t / "nope"), "--method", "consistency"], {}),
+        ("distill without a method", ["distill", run], {}),
+        ("distill with an unknown method", ["distill", run, "--method", "sharpen", "--runs-dir", str(t / "never")], {}),
+        ("meanflow from a ddpm run", ["distill", run, "--method", "meanflow", "--runs-dir", str(t / "never")], {}),
+        ("a teacher-calling method without a teacher", ["train", "--method", "consistency", "-o", "method.target=teacher", "--runs-dir", str(t / "never")], {}),
+        ("distill a run that is itself distilled", ["distill", str(p["distilled"]), "--method", "consistency", "--runs-dir", str(t / "never")], {}),
+        ("DDIM inversion of a few-step model", ["interpolate", str(p["distilled"]), "--images", "0,1"], {}),
+        ("--with a run of other data", ["bench", "quality", run, "--with", str(p["other"]), "--steps", "5"], {}),
     ]
 
 

@@ -41,6 +41,7 @@ def _root(
 from ddpmctl.cli import bench as _bench  # noqa: E402
 from ddpmctl.cli import convergence as _convergence  # noqa: E402
 from ddpmctl.cli import data as _data  # noqa: E402
+from ddpmctl.cli import distill as _distill  # noqa: E402
 from ddpmctl.cli import evaluate as _evaluate  # noqa: E402
 from ddpmctl.cli import interpolate as _interpolate  # noqa: E402
 from ddpmctl.cli import plugins as _plugins  # noqa: E402
@@ -50,6 +51,7 @@ from ddpmctl.cli import train as _train  # noqa: E402
 app.add_typer(_data.app, name="data")
 app.add_typer(_plugins.app, name="plugins")
 app.command("train")(_train.train)
+app.command("distill")(_distill.distill)
 app.command("sample")(_sample.sample)
 app.command("eval")(_evaluate.evaluate)
 app.add_typer(_bench.app, name="bench")

@@ -44,13 +44,18 @@ def _names(text: str, what: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _steps(text: str, run: Run) -> list[int]:
+def _int_list(text: str, what: str) -> list[int]:
     try:
         steps = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
-        raise OptionsError(f"--steps must be integers separated by commas, like 5,10,20; got {text!r}.") from None
+        raise OptionsError(f"{what} must be integers separated by commas, like 5,10,20; got {text!r}.") from None
     if not steps or steps[0] < 1:
-        raise OptionsError(f"--steps must be positive integers, like 5,10,20; got {text!r}.")
+        raise OptionsError(f"{what} must be positive integers, like 5,10,20; got {text!r}.")
+    return steps
+
+
+def _steps(text: str, run: Run) -> list[int]:
+    steps = _int_list(text, "--steps")
     run.check_steps(steps[-1])
     return steps
 
@@ -70,6 +75,8 @@ def quality(
     batch_size: Annotated[int, typer.Option(min=1, help="Samples drawn at once.")] = 2048,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     reference: Annotated[Optional[str], typer.Option(help="The yardstick row SAMPLER:STEPS, added if the grid lacks it, e.g. ddpm:1000 (default: ddpm at its most steps).")] = None,
+    with_: Annotated[Optional[str], typer.Option("--with", help="Few-step runs of the same data (`ddpmctl distill`), comma-separated: their rows beside this run's samplers.")] = None,
+    with_steps: Annotated[str, typer.Option(help="Step counts of the --with runs' few-step sampler.")] = "1,2,4",
 ):
     """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
     run_ = load_run(run, device)
@@ -87,23 +94,32 @@ def quality(
         registry.validate_options("sampler", s, opts.get(s))
     resolved = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metrics]
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
+    others = [(load_run(Path(p), device), k) for p in _names(with_, "--with") for k in _int_list(with_steps, "--with-steps")] if with_ else []
+    for other, _ in others:
+        if (other.config.data, other.config.data_options) != (model.config.data, model.config.data_options):
+            raise OptionsError(f"--with {other.path} was trained on other data ({other.config.data} {other.config.data_options}) than {model.run.path}; compare runs of the same data.")
 
     rows, floors, protocols = [], {}, {}
     with Rich(console) as events:
         for i, (s, k) in enumerate(grid):
             events.progress("bench", i, len(grid), f"{s}, {k} steps")
             rows.append(_row(run_, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols, events))
+        for other, k in others:  # a few-step model's row, labelled with its run
+            events.progress("bench", len(grid), len(grid), f"{other.path.name}, {k} steps")
+            row = _row(other, other.model.default_sampler, k, n, seed, None, labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols, events)
+            rows.append({**row, "sampler": f"{other.path.name} ({row['sampler']})"})
         events.progress("bench", len(grid), len(grid))
 
     keys = list(floors)
     _print_table(model, rows, keys, floors, n, ref)
     dest = model.run.path / "bench"
-    stem = result_stem(metrics, samplers, grid, opts, n, seed, guidance, clip, dynamic_threshold)
+    stem = result_stem(metrics, samplers, grid + [(str(o.path), k) for o, k in others], opts, n, seed, guidance, clip, dynamic_threshold)
     record = {
         "run": str(model.run.path), "checkpoint_step": model.step, "n": n, "seed": seed, "samplers": samplers,
         "steps": step_list, "metrics": metrics, "options": opts, "clip_x0": clip, "dynamic_threshold": dynamic_threshold,
         "guidance": guidance, "device": str(model.device), "floors": floors, "protocols": protocols,
         "rows": rows, "summary": summary(rows, keys[0], ref=ref) if keys else None, "versions": versions(),
+        "with": {str(o.path): o.step for o, _ in others},
     }
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest / f"{stem}.json", json.dumps(_json_safe(record), indent=2).encode())

@@ -17,7 +17,7 @@ def evaluate(
     metric: Annotated[list[str], typer.Option(help="Metric plugin (repeatable): kl, wasserstein, sliced-wasserstein, ...")] = ["wasserstein"],  # noqa: B006
     n: Annotated[int, typer.Option(min=2, help="Number of samples (and of reference points).")] = 2000,
     seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
-    sampler: Annotated[str, typer.Option(help="Sampler plugin.")] = "ddpm",
+    sampler: Annotated[Optional[str], typer.Option(help="Sampler plugin (default: ddpm, or few-step for a model made by `ddpmctl distill`).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: all T).")] = None,
     samples: Annotated[Optional[Path], typer.Option(help="Evaluate this .npz from `ddpmctl sample`, or a folder from `ddpmctl sample --export`, instead of sampling.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Metric option METRIC.KEY=VALUE (repeatable).")] = None,

@@ -29,7 +29,7 @@ def interpolate(
     seeds: Annotated[str, typer.Option(help="Two seeds A,B whose noise x_T is interpolated.")] = "0,1",
     images: Annotated[Optional[str], typer.Option(help="Two dataset indices I,J: encode these real examples by DDIM inversion and interpolate between them (instead of --seeds).")] = None,
     frames: Annotated[int, typer.Option(min=2, max=64, help="Frames from one end to the other, both included.")] = 8,
-    steps: Annotated[int, typer.Option(min=1, help="DDIM steps of the decoding (and of the inversion).")] = 50,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="DDIM steps of the decoding (and of the inversion); default 50, or 1 jump for a few-step model.")] = None,
     n: Annotated[int, typer.Option(min=1, max=5000, help="2-D runs with --seeds: points whose paths are drawn.")] = 200,
     class_: Annotated[Optional[int], typer.Option("--class", min=0, help="Class label for a conditional model (default: the unconditional, null label).")] = None,
     spacing: Annotated[str, typer.Option(help="DDIM noise-level grid: auto (the process's own), uniform, quadratic, logsnr or karras.")] = "auto",
@@ -40,8 +40,13 @@ def interpolate(
 ):
     """Interpolate between two seeds (slerp of x_T) or two real examples (DDIM inversion, slerp, decode)."""
     run_ = load_run(run, device)
-    run_.check_steps(steps)
     model = run_.model
+    few_step = model.method is not None  # decoded with its own jumps
+    steps = steps or (1 if few_step else 50)
+    run_.check_steps(steps)
+    if few_step and images is not None:
+        teacher = f", or interpolate its teacher {model.config.teacher}" if model.config.teacher else ""
+        raise OptionsError(f"--images encodes real examples by DDIM inversion, which needs a diffusion model, and {model.run.path} is a few-step model; use --seeds{teacher}.")
     if spacing not in ("auto", *SPACINGS):
         raise OptionsError(f"unknown --spacing {spacing!r}; use auto, {', '.join(SPACINGS)}.")
     y1 = _label(model, class_)
@@ -72,7 +77,7 @@ def interpolate(
     if class_ is not None:
         stem += f"-class{class_}"
 
-    x = walk(den, z0, z1, frames, steps, y, spacing).float().cpu()  # (K, B, *shape)
+    x = walk(den, z0, z1, frames, steps, y, spacing, few_step).float().cpu()  # (K, B, *shape)
     path = out or dest / f"{stem}.png"
     from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 

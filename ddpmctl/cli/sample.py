@@ -23,7 +23,7 @@ def sample(
     run: Annotated[Path, typer.Argument(help="Run directory made by `ddpmctl train`.")],
     n: Annotated[Optional[int], typer.Option(min=1, help="Number of samples (default: 2000 for 2-D data, 64 for images).")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed: sample i depends only on (seed, i).")] = 0,
-    sampler: Annotated[str, typer.Option(help="Sampler plugin (see `ddpmctl plugins list --kind sampler`).")] = "ddpm",
+    sampler: Annotated[Optional[str], typer.Option(help="Sampler plugin (see `ddpmctl plugins list --kind sampler`; default: ddpm, or few-step for a model made by `ddpmctl distill`).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps (default: all T training steps).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Sampler option KEY=VALUE (repeatable).")] = None,
     trajectory: Annotated[bool, typer.Option(help="Also save x_t along the reverse process as a PNG grid and a GIF.")] = False,
@@ -50,7 +50,7 @@ def sample(
     with Rich(console) as events:
         drawn = run_.sample(n, sampler, steps, seed, classes, guidance, per_class, clip=clip, dynamic_threshold=dynamic_threshold,
                             options=parse_options(option), batch_size=batch_size, trajectory=trajectory, events=events)
-    stem = f"{sampler}-{steps or run_.model.process.default_steps}steps-seed{seed}" + _label_stem(classes, guidance, drawn.labels)
+    stem = f"{drawn.record['sampler']}-{drawn.record['steps']}steps-seed{seed}" + _label_stem(classes, guidance, drawn.labels)
     stem += f"-{per_class}perclass" if per_class else ""
     out = out or run_.path / "samples"
     npz = drawn.save(out / f"{stem}.npz")

@@ -23,6 +23,7 @@ def train(
     data: Annotated[Optional[str], typer.Option(help="Dataset plugin (see `ddpmctl plugins list`).")] = None,
     network: Annotated[Optional[str], typer.Option(help="Network plugin (default: mlp for 2-D, unet for images).")] = None,
     process: Annotated[Optional[str], typer.Option(help="Diffusion process, the training objective: ddpm, edm (Karras et al. 2022) or flow (flow matching). Default: edm for images, ddpm for 2-D points and whenever a ddpm-only option (--learn-sigma, --loss-weighting, --prediction, --schedule) is given.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Train a few-step model from scratch with this method: meanflow (one-step, flow process) or consistency (consistency training); from a trained run, use `ddpmctl distill`.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Noise schedule plugin of the ddpm process: linear, cosine, ...")] = None,
     prediction: Annotated[Optional[str], typer.Option(help="What the network predicts: eps, x0 or v.")] = None,
     cond: Annotated[Optional[str], typer.Option(help="none, or class for a class-conditional model.")] = None,
@@ -44,7 +45,7 @@ def train(
     until_loss: Annotated[Optional[float], typer.Option(help="Stop when the smoothed loss (mean of the last 5 logged) is at most X (0: off).")] = None,
     until_metric: Annotated[Optional[str], typer.Option(help="Stop when an evaluation reaches NAME<=X or NAME>=X, e.g. wasserstein<=0.1 (none: off).")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop when the run's wall time reaches this: seconds, or 90s, 15m, 1h (0: no limit).")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, process, eval (the --eval-metric) (repeatable).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, process, method, eval (the --eval-metric) (repeatable).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (below env and flags).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory from its last good checkpoint.")] = None,
     on_nonfinite: Annotated[Optional[str], typer.Option(help="stop (default): a NaN/inf loss or gradient ends the run, keeping the last good checkpoint; skip: drop that step and go on.")] = None,
@@ -53,7 +54,7 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA GPUs that support it and, for images, on CPUs with AMX; else float32), fp32 or bf16.")] = None,
 ):
     """Train a diffusion model; writes runs/<name>/ with config, checkpoints, metrics and plots."""
-    opts = parse_options(option, kinds=("data", "network", "schedule", "process", "eval"))
+    opts = parse_options(option, kinds=("data", "network", "schedule", "process", "method", "eval"))
     if digits is not None:
         opts["data"]["digits"] = digits
     flags = dict(
@@ -61,7 +62,7 @@ def train(
         batch_size=batch_size, lr=lr, seed=seed, name=name, runs_dir=runs_dir, device=device,
         checkpoint_every=checkpoint_every, learn_sigma=learn_sigma, on_nonfinite=on_nonfinite, vlb_weight=vlb_weight, loss_weighting=loss_weighting,
         data_options=opts["data"] or None, network_options=opts["network"] or None, schedule_options=opts["schedule"] or None,
-        process_options=opts["process"] or None,
+        process_options=opts["process"] or None, method=method, method_options=opts["method"] or None,
         eval_every=eval_every, eval_metric=eval_metric, eval_n=eval_n, eval_options=opts["eval"] or None,
         until_loss=until_loss, until_metric=until_metric, max_time=max_time,
         threads=threads, compile=compile, precision=precision,
@@ -70,6 +71,11 @@ def train(
         console.quiet = True  # rank 0 alone prints, draws the progress bar and writes
     events = Rich(console, transient=False)
     session = Session.prepare({k: v for k, v in flags.items() if v is not None}, config, resume, events)
+    run_session(session, events)
+
+
+def run_session(session: Session, events: Rich) -> None:
+    """Show the run, train it under the progress bar, and say how it ended (`train`, `distill`)."""
     s, world = session.s, session.world
     console.print(f"[bold]run[/bold] {session.run_dir.path}  ({session.record.parameters:,} parameters, device {session.device}, {torch.get_num_threads()} threads)")
     if world.distributed:

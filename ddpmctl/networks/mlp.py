@@ -34,16 +34,17 @@ class Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """forward(x_t, t, y=None) -> output of the same shape as x_t (eps, x0 or v)."""
+    """forward(x_t, t, y=None) -> output of the same shape as x_t (eps, x0 or v); t is (B,), or
+    (B, 2) when built with ``noise_inputs=2``."""
 
     Options = MLPOptions
 
-    def __init__(self, width=128, depth=4, emb_dim=128, dropout=0.0, *, data_shape, num_classes=0, out_mult=1):
+    def __init__(self, width=128, depth=4, emb_dim=128, dropout=0.0, *, data_shape, num_classes=0, out_mult=1, noise_inputs=1):
         super().__init__()
         self.data_shape = tuple(data_shape)
         d = math.prod(self.data_shape)
         self.out_mult = out_mult
-        self.embed = TimeLabelEmbedding(emb_dim, width, num_classes)
+        self.embed = TimeLabelEmbedding(emb_dim, width, num_classes, noise_inputs)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(Block(width, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, d * out_mult))

@@ -155,7 +155,7 @@ class UNet(nn.Module):
     """The DDPM U-Net for images, optionally class-conditional (sizes follow the image size).
 
     forward(x_t, t, y=None) -> eps (or x0, v) of x_t's shape, with out_mult times the channels
-    when a variance is learned too.
+    when a variance is learned too; t is (B,), or (B, 2) when built with ``noise_inputs=2``.
     """
 
     Options = UNetOptions
@@ -175,6 +175,7 @@ class UNet(nn.Module):
         data_shape: tuple[int, ...],
         num_classes: int = 0,
         out_mult: int = 1,
+        noise_inputs: int = 1,
     ):
         super().__init__()
         self.sizes = resolve_sizes(data_shape, channels, channel_mult, num_res_blocks, attn_resolutions, num_heads)
@@ -185,7 +186,7 @@ class UNet(nn.Module):
         self.out_mult = out_mult
         self.num_classes = num_classes
         emb_dim = 4 * ch
-        self.embed = TimeLabelEmbedding(ch, emb_dim, num_classes)  # t (and y) -> (B, 4 ch)
+        self.embed = TimeLabelEmbedding(ch, emb_dim, num_classes, noise_inputs)  # t (and y) -> (B, 4 ch)
         cross = cross_attention and num_classes > 0
         self.context = nn.Embedding(num_classes + 1, context_tokens * emb_dim) if cross else None
         self.context_tokens = context_tokens
