@@ -122,23 +122,26 @@ class ConsistencyLoss:
         return sigma, torch.where(r >= p.sigma_min, r, torch.zeros_like(r))
 
     def target(self, net, x0, x, eps, sigma, r, y) -> torch.Tensor:
-        """f(x_r, r) without gradient: x_0 where r = 0."""
-        at = r > 0
-        rr = torch.where(at, r, sigma)  # any level where r = 0; replaced by x_0 below
+        """f(x_r, r) without gradient; where r = 0, the end of the step itself: x_0 (consistency
+        training), or the teacher's x0_hat, its Euler step to sigma = 0 (distillation)."""
+        at = (r > 0).reshape(-1, *([1] * (x0.ndim - 1)))
+        rr = torch.where(r > 0, r, sigma)  # any level where r = 0; replaced below
         if self.m.target == "teacher":
-            x_r = self._heun(x, sigma, rr, y)
+            x_r, end = self._heun(x, sigma, rr, y)
         else:
-            x_r = x0 + _col(rr, x0) * eps
+            x_r, end = x0 + _col(rr, x0) * eps, x0
         with torch.no_grad():
             f_r = x0_of(net, self.process, x_r, rr, y)
-        return torch.where(_col(at, x0), f_r, x0.float())
+        return torch.where(at, f_r, end.float())
 
-    def _heun(self, x, sigma, r, y) -> torch.Tensor:
-        """One Heun step of the teacher's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma."""
+    def _heun(self, x, sigma, r, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Heun step of the teacher's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma
+        from sigma to r, and D(x; sigma) (the Euler step to 0)."""
         D, s, rc = self.teacher, _col(sigma, x), _col(r, x)
-        d = (x - D(x, sigma, y).x0) / s
+        x0_hat = D(x, sigma, y).x0
+        d = (x - x0_hat) / s
         x_e = x + (rc - s) * d
-        return x + (rc - s) * 0.5 * (d + (x_e - D(x_e, r, y).x0) / rc)
+        return x + (rc - s) * 0.5 * (d + (x_e - D(x_e, r, y).x0) / rc), x0_hat
 
     def __call__(self, net, x0: torch.Tensor, y, generator: torch.Generator) -> torch.Tensor:
         B = x0.shape[0]
