@@ -25,10 +25,12 @@ NFES = (5, 10, 20, 50)
 class ExactGaussian:
     """E[x_0 | x] for x = x_0 + sigma eps, x_0 ~ N(m, s^2 I): m + s^2 / (s^2 + sigma^2) (x - m)."""
 
+    few_step_gamma = 0.0  # the few-step sampler's jumps on a diffusion model: DDIM's deterministic step
+
     def __init__(self, process, m: float, s: float):
         self.process, self.m, self.s = process, m, s
 
-    def __call__(self, x, sigma, y=None):
+    def __call__(self, x, sigma, y=None, sigma_next=None):
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         x0 = self.m + self.s**2 / (self.s**2 + sigma**2) * (x - self.m)
         return Prediction((x - x0) / sigma, x0)

@@ -28,17 +28,19 @@ class FewStepOptions(PluginOptions):
     spacing: Spacing = Field("auto", description="grid of the intermediate levels (samplers/base.py)")
     rho: float = Field(7.0, gt=0, description="rho of the karras spacing")
     sigmas: list[float] | None = Field(None, description="the intermediate levels themselves, decreasing (steps - 1 of them)")
+    sigma_max: float | None = Field(None, gt=0, description="the level the first jump starts from (default, and at most: the process's highest)")
 
 
-def levels(process, steps: int, spacing: str, rho: float, sigmas: list[float] | None) -> list[float]:
-    """sigma_max and the intermediate levels, decreasing; then 0."""
+def levels(process, steps: int, spacing: str, rho: float, sigmas: list[float] | None, sigma_max: float | None = None) -> list[float]:
+    """The first level (sigma_max) and the intermediate ones, decreasing; then 0."""
+    top = snap(process, min(sigma_max or process.sigma_max, process.sigma_max))
     if sigmas is not None:
-        if len(sigmas) != steps - 1 or any(b >= a for a, b in zip([process.sigma_max, *sigmas], sigmas)):
-            raise ValueError(f"sigmas must be {steps - 1} decreasing levels below {process.sigma_max:g} for {steps} steps, got {sigmas}")
-        return [process.sigma_max, *(snap(process, s) for s in sigmas), 0.0]
+        if len(sigmas) != steps - 1 or any(b >= a for a, b in zip([top, *sigmas], sigmas)):
+            raise ValueError(f"sigmas must be {steps - 1} decreasing levels below {top:g} for {steps} steps, got {sigmas}")
+        return [top, *(snap(process, s) for s in sigmas), 0.0]
     if steps == 1:
-        return [process.sigma_max, 0.0]
-    grid = sigma_grid(process, steps + 1, spacing, rho).tolist()
+        return [top, 0.0]
+    grid = sigma_grid(process, steps + 1, spacing, rho, sigma_max=top).tolist()
     return grid[:steps] + [0.0]
 
 
@@ -55,11 +57,12 @@ def few_step(
     spacing: str = "auto",
     rho: float = 7.0,
     sigmas: list[float] | None = None,
+    sigma_max: float | None = None,
 ) -> tuple[torch.Tensor, int]:
     """``steps`` jumps (default 1); returns (x_0, network evaluations)."""
     process = denoiser.process
     S = steps or 1
-    sig = levels(process, S, spacing, rho, sigmas)
+    sig = levels(process, S, spacing, rho, sigmas, sigma_max)
     if gamma is None:
         gamma = denoiser.few_step_gamma
     x = x_T.to(torch.float64) * process.prior_std(sig[0])
