@@ -25,8 +25,6 @@ NFES = (5, 10, 20, 50)
 class ExactGaussian:
     """E[x_0 | x] for x = x_0 + sigma eps, x_0 ~ N(m, s^2 I): m + s^2 / (s^2 + sigma^2) (x - m)."""
 
-    few_step_gamma = 0.0  # the few-step sampler's jumps on a diffusion model: DDIM's deterministic step
-
     def __init__(self, process, m: float, s: float):
         self.process, self.m, self.s = process, m, s
 

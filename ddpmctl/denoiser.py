@@ -61,7 +61,8 @@ class Denoiser:
     ``second_noise(sigma, sigma_next)`` is given for a network that also reads where a jump ends
     (a few-step method's, methods.py): asked with ``sigma_next``, the denoiser answers for the
     jump from sigma to sigma_next (its x0_hat is the one a DDIM step to sigma_next follows).
-    ``few_step_gamma`` is the few-step sampler's default noise refresh for this model (its method's).
+    ``few_step`` holds the few-step sampler's defaults for this model (its method's ``sampling``:
+    the noise refresh ``gamma``, the level ``sigma_max`` the first jump starts from).
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class Denoiser:
         clip_x0: float | None = None,
         dynamic_threshold: float | None = None,
         second_noise: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None,
-        few_step_gamma: float = 0.0,
+        few_step: Optional[dict] = None,
     ):
         self.net = net
         self.process = DDPM(process, prediction) if isinstance(process, Schedule) else process
@@ -83,7 +84,7 @@ class Denoiser:
         self.clip_x0 = clip_x0
         self.dynamic_threshold = dynamic_threshold
         self.second_noise = second_noise
-        self.few_step_gamma = few_step_gamma
+        self.few_step = few_step or {}
         self.nfe = 0
         self.clip_count = 0
         self.x0_count = 0

@@ -220,7 +220,7 @@ class Model:
         m = self.method
         second = (lambda sigma, sigma_next: m.second_noise(self.process, sigma, sigma_next)) if m is not None and m.noise_inputs == 2 else None
         return Denoiser(self.net, self.process, self.config.prediction, self.num_classes, guidance, self.resolve_clip(clip_x0),
-                        dynamic_threshold, second, m.gamma if m is not None else 0.0)
+                        dynamic_threshold, second, m.sampling if m is not None else None)
 
     def dataset(self) -> Dataset:
         if self._dataset is None:

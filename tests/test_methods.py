@@ -196,7 +196,7 @@ class ConsistencyDenoiser(ExactTeacher):
     """The exact consistency function of EDM's process, as a denoiser of the few-step sampler."""
 
     process = EDM()
-    few_step_gamma = 1.0
+    few_step = {"gamma": 1.0}
 
     def __call__(self, x, sigma, y=None, sigma_next=None):
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, *([1] * (x.ndim - 1)))

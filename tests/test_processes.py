@@ -29,8 +29,6 @@ class ExactGaussian:
     """The exact denoiser of N(m, s^2 I) data for any process: on the scaled state x = x_0 + sigma eps,
     E[x_0 | x] = m + s^2 / (s^2 + sigma^2) (x - m)."""
 
-    few_step_gamma = 0.0  # the few-step sampler's jumps: deterministic (DDIM's step)
-
     def __init__(self, process, m: float = M, s: float = S):
         self.process, self.m, self.s, self.nfe = process, m, s, 0
 

@@ -7,7 +7,8 @@ sampling of consistency models (Song et al. 2023, Algorithm 1: fresh noise at th
 gamma = 0 a deterministic jump (DDIM's step, which for an average-velocity model such as
 MeanFlow's is its exact jump z_r = z_t - (t - r) u; Kim et al. 2024 (CTM) sec. 4 for the family).
 The default gamma is the model's own (methods.py): 1 for consistency models, 0 for MeanFlow and
-for a model without a few-step method. One network evaluation a step.
+for a model without a few-step method; so is the level the first jump starts from. One network
+evaluation a step.
 
 The levels: the highest, then ``steps - 1`` more, the spacing's grid of ``steps + 1`` levels
 without its lowest (two steps on EDM's Karras grid: sigma = 80, then 2.5), or given as
@@ -28,7 +29,7 @@ class FewStepOptions(PluginOptions):
     spacing: Spacing = Field("auto", description="grid of the intermediate levels (samplers/base.py)")
     rho: float = Field(7.0, gt=0, description="rho of the karras spacing")
     sigmas: list[float] | None = Field(None, description="the intermediate levels themselves, decreasing (steps - 1 of them)")
-    sigma_max: float | None = Field(None, gt=0, description="the level the first jump starts from (default, and at most: the process's highest)")
+    sigma_max: float | None = Field(None, gt=0, description="the level the first jump starts from (default: the model's method's, else the process's highest; at most the process's highest)")
 
 
 def levels(process, steps: int, spacing: str, rho: float, sigmas: list[float] | None, sigma_max: float | None = None) -> list[float]:
@@ -62,9 +63,9 @@ def few_step(
     """``steps`` jumps (default 1); returns (x_0, network evaluations)."""
     process = denoiser.process
     S = steps or 1
-    sig = levels(process, S, spacing, rho, sigmas, sigma_max)
-    if gamma is None:
-        gamma = denoiser.few_step_gamma
+    own = getattr(denoiser, "few_step", {})  # the model's method's defaults
+    gamma = own.get("gamma", 0.0) if gamma is None else gamma
+    sig = levels(process, S, spacing, rho, sigmas, sigma_max or own.get("sigma_max"))
     x = x_T.to(torch.float64) * process.prior_std(sig[0])
     for i in range(S):
         s, s_next = sig[i], sig[i + 1]
