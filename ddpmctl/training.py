@@ -187,12 +187,11 @@ def train(
     """
     net, optimizer, g = state.net, state.optimizer, state.generator
     model = state.model if state.model is not None else net
-    curriculum = getattr(loss_fn, "set_step", None)  # a loss that changes over training (methods.py) is told the step
+    curriculum = getattr(loss_fn, "set_step", None)
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     # A stop request is agreed among processes every step on the CPU, every 10 on CUDA (a host sync).
     sync_every = 10 if distributed.active() and x.device.type != "cpu" else 1
-    stop_seen = False
-    N = x.shape[0]
+    stop_seen, N = False, x.shape[0]
     params = list(net.parameters())
     ema_params = list(state.ema.parameters())
     with torch.no_grad():  # buffers (fixed features, norm statistics) are copied, not averaged
@@ -210,7 +209,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, N, (cfg.batch_size,), device=x.device, generator=g)
-        if curriculum is not None:
+        if curriculum is not None:  # a loss that changes over training (methods.py) is told the step
             curriculum(step)
         with autocast:
             loss = loss_fn(model, x[idx], None if y is None else y[idx], g)

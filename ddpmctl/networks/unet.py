@@ -174,8 +174,7 @@ class UNet(nn.Module):
         *,
         data_shape: tuple[int, ...],
         num_classes: int = 0,
-        out_mult: int = 1,
-        noise_inputs: int = 1,
+        out_mult: int = 1, noise_inputs: int = 1,
     ):
         super().__init__()
         self.sizes = resolve_sizes(data_shape, channels, channel_mult, num_res_blocks, attn_resolutions, num_heads)
