@@ -3,6 +3,7 @@
     python benchmarks/fewstep.py digit0 --teacher-steps 5000 --variants ect,cd,meanflow
     python benchmarks/fewstep.py conditional --teacher-steps 5000 --variants ect
     python benchmarks/fewstep.py toy2d --datasets 8gaussians,spiral,moons --variants ect,meanflow
+    python benchmarks/fewstep.py scan --run RUN --specs '[{"steps": 2, "options": {"sigmas": [2.5]}}]'
 
 digit0: trains (or reuses, --teacher RUN) the phase-2 teacher, `ddpmctl train --data mnist16
 --digits 0` (EDM), and scores its best sampler (classifier FID at n = 980 against the 980
@@ -21,6 +22,9 @@ recommend (--guidance, 2): per-class accuracy at 1 and 2 steps (bar: >= 97% for 
 
 toy2d: the default 2-D teacher of each dataset (--process edm), distilled; W2 of one-step samples at n = 2000,
 mean over --draws draws against the mean floor (benchmarks/toy2d_w2.py's estimate).
+
+scan: one digit-0 run's classifier FID and share of zeros (n = 980) for each SPEC, the keyword
+arguments of Run.sample (steps, sampler, options): where a few-step model starts, its middle levels.
 
 Results: benchmarks/out/fewstep/<task>/results.json and PNGs; Markdown tables are printed.
 """
@@ -75,9 +79,10 @@ def make_variant(variant: str, teacher: Path, data: dict, args) -> tuple[ddpmctl
     return timed(lambda: ddpmctl.train(method=method, **data, **{**common, "steps": args.scratch_steps or args.steps}))
 
 
-def image_scores(run: ddpmctl.Run, steps: int | None, sampler: str | None, n: int, labels=None, guidance=1.0, fid: bool = False) -> dict:
+def image_scores(run: ddpmctl.Run, steps: int | None, sampler: str | None, n: int, labels=None, guidance=1.0, fid: bool = False,
+                 options: dict | None = None) -> dict:
     """Classifier FID (and Inception FID) with floors, and what the digit classifier reads."""
-    s = run.sample(n=n, sampler=sampler, steps=steps, seed=0, labels=labels, guidance=guidance, batch_size=1000)
+    s = run.sample(n=n, sampler=sampler, steps=steps, seed=0, labels=labels, guidance=guidance, batch_size=1000, options=options)
     out = {"nfe": s.record["nfe"]}
     metrics = ["classifier-fid"] + (["fid"] if fid else [])
     for m in metrics:
@@ -157,9 +162,21 @@ def toy2d(args) -> dict:
     return result
 
 
+def scan(args) -> dict:
+    run = ddpmctl.Run.load(args.run)
+    out = {}
+    for spec in json.loads(args.specs):
+        row = image_scores(run, spec.get("steps"), spec.get("sampler"), args.n, options=spec.get("options"))
+        out[json.dumps(spec)] = row
+        print(f"{json.dumps(spec)}: classifier FID {row['classifier-fid']:.4f}, zeros {row['zeros']:.4f}", flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=["digit0", "conditional", "toy2d"])
+    p.add_argument("task", choices=["digit0", "conditional", "toy2d", "scan"])
+    p.add_argument("--run", type=Path, default=None, help="scan: the run to sample")
+    p.add_argument("--specs", default='[{"steps": 1}]', help="scan: a JSON list of Run.sample keyword arguments")
     p.add_argument("--teacher", type=Path, default=None, help="an existing teacher run (digit0, conditional)")
     p.add_argument("--teacher-steps", type=int, default=5000)
     p.add_argument("--variants", default="ect,cd,meanflow")
@@ -176,10 +193,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/fewstep"))
     args = p.parse_args()
     set_threads(args.threads)
-    result = toy2d(args) if args.task == "toy2d" else digits(args, args.task == "conditional")
+    tasks = {"toy2d": toy2d, "scan": scan, "digit0": lambda a: digits(a, False), "conditional": lambda a: digits(a, True)}
+    result = tasks[args.task](args)
     record = {"task": args.task, "settings": {k: str(v) for k, v in vars(args).items()},
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}", "result": result}
-    dest = args.out / args.task / "results.json"
+    dest = args.out / args.task / (f"{args.run.name}.json" if args.task == "scan" else "results.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(record, indent=2))
     print(f"saved {dest}")

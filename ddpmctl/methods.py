@@ -29,7 +29,8 @@ Contract of a method class: ``Options``; ``noise_inputs`` (1, or 2 for a network
 the jump's end); ``sampling``, the few-step sampler's defaults for its models (``gamma``, the
 noise refresh; ``sigma_max``, where the first jump starts); ``processes``, those it
 is defined on (None: all); ``loss(process, p_uncond, num_classes, teacher, steps)`` -> a loss
-``loss(net, x0, y, generator)`` for the training loop, with ``set_step(step)`` when it follows a
+``loss(net, x0, y, generator)`` for the training loop (``teacher``: the teacher run's
+pipeline.Model, whose ``denoiser(guidance, clip_x0)`` the loss may call, or None), with ``set_step(step)`` when it follows a
 curriculum; ``second_noise(process, sigma, sigma_next)``, the network's second noise input.
 """
 
@@ -55,7 +56,7 @@ class Method:
     processes: Optional[tuple[str, ...]] = None
     uses_teacher = False  # whether its loss calls the teacher network (not only starts from its weights)
 
-    def loss(self, process: Process, p_uncond: float, num_classes: int, teacher: Optional[Denoiser], steps: int):
+    def loss(self, process: Process, p_uncond: float, num_classes: int, teacher, steps: int):
         raise NotImplementedError
 
     def second_noise(self, process: Process, sigma: torch.Tensor, sigma_next: Optional[torch.Tensor]) -> torch.Tensor:
@@ -99,9 +100,12 @@ class Consistency(Method):
         self.uses_teacher = target == "teacher"
 
     def loss(self, process, p_uncond=0.0, num_classes=0, teacher=None, steps=1):
-        if self.target == "teacher" and teacher is None:
+        if not self.uses_teacher:
+            return ConsistencyLoss(self, process, p_uncond, num_classes, None, steps)
+        if teacher is None:
             raise ValueError("consistency distillation (target teacher) needs a teacher run: use `ddpmctl distill RUN`")
-        return ConsistencyLoss(self, process, p_uncond, num_classes, teacher, steps)
+        den = teacher.denoiser(self.teacher_guidance, clip_x0=0)  # the guided ODE, x0_hat unclipped
+        return ConsistencyLoss(self, process, p_uncond, num_classes, den, steps)
 
 
 class ConsistencyLoss:
@@ -202,13 +206,13 @@ class MeanFlowLoss:
 
     def __init__(self, method: MeanFlow, process: Flow, p_uncond: float, num_classes: int):
         self.m, self.process, self.p_uncond, self.num_classes = method, process, p_uncond, num_classes
+        self.t_range = tuple(float(process.time(torch.tensor(v, dtype=torch.float64))) for v in (process.sigma_min, process.sigma_max))
 
     def times(self, B: int, device, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, r), t >= r, both logit-normal in the process's range; r = t for 1 - r_fraction of them."""
-        m, p = self.m, self.process
+        m = self.m
         n = torch.randn(2, B, device=device, generator=generator, dtype=torch.float64)
-        lo, hi = (float(p.time(torch.tensor(v, dtype=torch.float64))) for v in (p.sigma_min, p.sigma_max))
-        tr = torch.sigmoid(m.t_mean + m.t_std * n).clamp(lo, hi)
+        tr = torch.sigmoid(m.t_mean + m.t_std * n).clamp(*self.t_range)
         t, r = tr.max(0).values, tr.min(0).values
         same = torch.rand(B, device=device, generator=generator) >= m.r_fraction
         return t, torch.where(same, t, r)

@@ -55,8 +55,7 @@ def objective(s: TrainSettings, ds: Dataset, process: Process, method: Optional[
     for a learned variance (the hybrid loss); EDM's weighted denoising loss; the flow-matching loss."""
     p_uncond = s.p_uncond if (s.cond == "class" and ds.y is not None) else 0.0
     if method is not None:
-        den = teacher.denoiser(getattr(method, "teacher_guidance", 1.0), clip_x0=0) if teacher is not None else None
-        return method.loss(process, p_uncond, ds.num_classes, den, s.steps)
+        return method.loss(process, p_uncond, ds.num_classes, teacher, s.steps)
     gamma = s.snr_gamma if s.loss_weighting == "min-snr" else None
     # L_vlb's t = 1 term with a learned variance: discretized for 8-bit images, a density for points.
     decoder = "discretized" if ds.kind == "images" else "gaussian"

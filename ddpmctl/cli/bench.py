@@ -94,10 +94,11 @@ def quality(
         registry.validate_options("sampler", s, opts.get(s))
     resolved = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metrics]
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
-    others = [(load_run(Path(p), device), k) for p in _names(with_, "--with") for k in _int_list(with_steps, "--with-steps")] if with_ else []
-    for other, _ in others:
+    with_runs = [load_run(Path(p), device) for p in _names(with_, "--with")] if with_ else []
+    for other in with_runs:
         if (other.config.data, other.config.data_options) != (model.config.data, model.config.data_options):
             raise OptionsError(f"--with {other.path} was trained on other data ({other.config.data} {other.config.data_options}) than {model.run.path}; compare runs of the same data.")
+    others = [(other, k) for other in with_runs for k in _int_list(with_steps, "--with-steps")] if with_runs else []
 
     rows, floors, protocols = [], {}, {}
     with Rich(console) as events:
@@ -119,7 +120,7 @@ def quality(
         "steps": step_list, "metrics": metrics, "options": opts, "clip_x0": clip, "dynamic_threshold": dynamic_threshold,
         "guidance": guidance, "device": str(model.device), "floors": floors, "protocols": protocols,
         "rows": rows, "summary": summary(rows, keys[0], ref=ref) if keys else None, "versions": versions(),
-        "with": {str(o.path): o.step for o, _ in others},
+        "with": {str(o.path): o.step for o in with_runs},
     }
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest / f"{stem}.json", json.dumps(_json_safe(record), indent=2).encode())
