@@ -159,7 +159,10 @@ class ConsistencyLoss:
         f_target = self.target(net, x0, x, eps, sigma, r, y)
         f = x0_of(net, self.process, x, sigma, y)
         mse = (f - f_target).pow(2).reshape(B, -1).mean(1)
-        d = (mse + self.m.huber_c**2).sqrt() - self.m.huber_c
+        # With c = 0, sqrt's slope is infinite at 0, where distillation starts (the student is the
+        # teacher's copy): c is at least 1e-10, which keeps it finite and d(0) = 0.
+        c = max(self.m.huber_c, 1e-10)
+        d = (mse + c**2).sqrt() - c
         return (d / (sigma - r).to(d.dtype)).mean()
 
 

@@ -46,6 +46,14 @@ def test_distill_writes_a_run_that_records_its_teacher_and_samples_in_one_step(t
     assert (run / "latest").read_text().strip() == "step-00000090.safetensors"
 
 
+def test_consistency_distillation_starts_from_a_student_equal_to_its_teacher(tiny_run, tmp_path):
+    """At stage 0 every target is the teacher's x0_hat, which the student (its copy) matches
+    exactly: the loss is 0 there and its gradient must stay finite."""
+    run = ddpmctl.distill(tiny_run, "consistency", name="cd", runs_dir=tmp_path, steps=10, checkpoint_every=10,
+                          method_options={"target": "teacher"}, precision="fp32")
+    assert run.step == 10 and torch.isfinite(run.sample(n=64).x).all()
+
+
 def test_distill_mistakes_are_one_sentence(tiny_run, tmp_path):
     assert_clean_error(cli_here("distill", tmp_path / "nowhere", "--method", "consistency"), "nowhere")
     assert_clean_error(cli_here("distill", tiny_run, "--runs-dir", tmp_path), "method")
