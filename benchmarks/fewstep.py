@@ -11,11 +11,13 @@ held-out zeros; several samplers up to 99 NFE). Then each variant, timed:
 
     ect        `ddpmctl distill TEACHER --method consistency` (easy consistency tuning)
     cd         the same with -o method.target=teacher (consistency distillation, Heun steps of the teacher)
+    ct         `ddpmctl train --method consistency --process edm` from scratch (consistency training, ECT's curriculum)
     meanflow   `ddpmctl train --method meanflow` from scratch (flow process, no teacher)
 
 and scores its 1-, 2- and 4-step samples: classifier FID, the share the MNIST classifier reads
 as zero, and (1 and 2 steps) the Inception FID, each beside its floor; sampling images per second
-at 1, 2 and 20 NFE; a grid of 1-, 2- and 4-step samples from the same noise.
+at 1, 2 and 20 NFE. Each trained run draws RUN/few-step.png: its 1-, 2- and 4-step samples from
+the same noise (on 2-D data, its one-step map beside the teacher's ODE trajectories).
 
 conditional: the ten-digit teacher (`--cond class`), distilled, sampled at the guidance the docs
 recommend (--guidance, 2): per-class accuracy at 1 and 2 steps (bar: >= 97% for every class).
@@ -51,10 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_phases import ensure_mnist  # noqa: E402
 from toy2d_w2 import score as w2_score  # noqa: E402
 
-VARIANTS = {
-    "ect": ("distill", "consistency", {}),
-    "cd": ("distill", "consistency", {"target": "teacher"}),
-    "meanflow": ("scratch", "meanflow", {}),
+VARIANTS = {  # how it is trained, the method, its options, the process from scratch
+    "ect": ("distill", "consistency", {}, None),
+    "cd": ("distill", "consistency", {"target": "teacher"}, None),
+    "ct": ("scratch", "consistency", {}, "edm"),
+    "meanflow": ("scratch", "meanflow", {}, None),
 }
 TEACHER_SAMPLERS = [("heun", 18), ("heun", 25), ("heun", 50), ("dpm-solver++", 20)]  # 35, 49, 99 and 20 NFE
 
@@ -67,7 +70,7 @@ def timed(fn):
 
 def make_variant(variant: str, teacher: Path, data: dict, args) -> tuple[ddpmctl.Run, float]:
     """Train one variant; returns the run and its training wall time (seconds)."""
-    how, method, options = VARIANTS[variant]
+    how, method, options, process = VARIANTS[variant]
     name = f"{teacher.name}-{variant}"
     common = dict(steps=args.steps, name=name, runs_dir=teacher.parent, method_options=options, checkpoint_every=10**6)
     if args.batch_size:
@@ -76,7 +79,8 @@ def make_variant(variant: str, teacher: Path, data: dict, args) -> tuple[ddpmctl
         common["lr"] = args.lr
     if how == "distill":
         return timed(lambda: ddpmctl.distill(teacher, method, **common))
-    return timed(lambda: ddpmctl.train(method=method, **data, **{**common, "steps": args.scratch_steps or args.steps}))
+    extra = {"process": process} if process else {}
+    return timed(lambda: ddpmctl.train(method=method, **data, **extra, **{**common, "steps": args.scratch_steps or args.steps}))
 
 
 def image_scores(run: ddpmctl.Run, steps: int | None, sampler: str | None, n: int, labels=None, guidance=1.0, fid: bool = False,
@@ -134,27 +138,20 @@ def digits(args, conditional: bool) -> dict:
             row["images_per_s"] = images_per_second(run, None, k) if k <= 2 else None
             result["rows"][f"{variant} {k}-step"] = row
             print(f"{variant} {k}-step: {row}", flush=True)
-        grid(run, out / f"grid-{variant}.png", labels is not None)
     return result
-
-
-def grid(run: ddpmctl.Run, path: Path, conditional: bool) -> None:
-    """Rows of 1-, 2- and 4-step samples from the same noise."""
-    from ddpmctl import plots
-
-    y = torch.arange(16) % 10 if conditional else None
-    rows = [run.sample(n=16, steps=k, seed=0, labels=y).x for k in (1, 2, 4)]
-    plots.image_grid(torch.cat(rows), path, nrow=16)
 
 
 def toy2d(args) -> dict:
     out = args.out / "toy2d"
     result = {}
+    variants = args.variants.split(",")
     for name in args.datasets.split(","):
-        teacher, teacher_s = timed(lambda: ddpmctl.train(data=name, process=args.process, name=name, runs_dir=out, checkpoint_every=10**6))
-        result[name] = {"teacher_train_s": round(teacher_s, 1), "teacher": w2_score(teacher.path, 2000, args.draws, None)}
-        for variant in args.variants.split(","):
-            run, seconds = make_variant(variant, teacher.path, {"data": name}, args)
+        result[name] = {}
+        if any(VARIANTS[v][0] == "distill" for v in variants):
+            teacher, teacher_s = timed(lambda: ddpmctl.train(data=name, process=args.process, name=name, runs_dir=out, checkpoint_every=10**6))
+            result[name] = {"teacher_train_s": round(teacher_s, 1), "teacher": w2_score(teacher.path, 2000, args.draws, None)}
+        for variant in variants:
+            run, seconds = make_variant(variant, out / name, {"data": name}, args)
             for k in (1, 2):
                 r = w2_score(run.path, 2000, args.draws, None, k)
                 result[name][f"{variant} {k}-step"] = {**r, "train_s": round(seconds, 1)}

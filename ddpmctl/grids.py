@@ -43,3 +43,56 @@ def preview(den: Denoiser, data_shape: tuple[int, ...], path: Path, n: int = 64,
     fn, opts = registry.resolve("sampler", sampler, None)
     x0, _ = fn(den, x_T, min(steps, den.process.max_steps), g, None, y, **opts.model_dump())
     return plots.image_grid(x0.float().cpu(), path, nrow=nrow)
+
+
+FEW_STEP_ROWS = (1, 2, 4)  # the step counts of a few-step model's picture
+
+
+@torch.no_grad()
+def few_step_picture(model, path: Path, teacher=None, seed: int = 0, n: int = 128) -> Path:
+    """What a few-step model (pipeline.Model with a method) does, from fixed noise.
+
+    Images: one row each of its 1-, 2- and 4-step samples from the same x_T (and, at 2 and 4
+    steps, the same fresh noise), a class per column for a conditional model. 2-D points: its
+    one-step map, an arrow from each of ``n`` noise points to its sample, beside the ``teacher``'s
+    (a pipeline.Model) probability-flow ODE trajectories from the same noise and the same level
+    (EDM's Heun sampler, 18 steps); both drawn in the variance-preserving coordinates
+    x / sqrt(1 + sigma^2), which go from the noise eps to the sample.
+    """
+    from ddpmctl import plots
+    from ddpmctl.samplers.base import sigma_grid
+    from ddpmctl.samplers.fewstep import levels
+
+    den, device = model.denoiser(), model.device
+    few, options = registry.resolve("sampler", "few-step", None)
+    name = model.run.path.name if model.run is not None else "model"
+
+    def sample(den, x_T, steps, sampler=few, opts=options, callback=None, y=None):
+        return sampler(den, x_T, steps, torch.Generator(device=device).manual_seed(seed + 1), callback, y, **opts.model_dump())[0]
+
+    if model.data.kind != "points":
+        y = torch.arange(16, device=device) % model.num_classes if model.num_classes else None
+        x_T = randn((16, *model.data.shape), torch.Generator(device=device).manual_seed(seed), device)
+        rows = [(f"{k} step{'s' * (k > 1)}", sample(den, x_T, k, y=y).float().cpu()) for k in FEW_STEP_ROWS]
+        return plots.image_rows(rows, path, title=f"{name}: the same noise in 1, 2 and 4 steps")
+    x_T = randn((n, *model.data.shape), torch.Generator(device=device).manual_seed(seed), device)
+    ends = sample(den, x_T, 1)
+    paths = None
+    if teacher is not None:
+        top = levels(model.process, 1, "auto", 7.0, None, den.few_step.get("sigma_max"))[0]
+        heun, heun_options = registry.resolve("sampler", "heun", {"sigma_max": top})
+        grid = sigma_grid(teacher.process, 18, "karras", 7.0, heun_options.sigma_min, top).tolist() + [0.0]
+        frames = [x_T.double()]  # x / sqrt(1 + sigma^2) at sigma = top: x_T, up to 1 / top^2
+        scale = teacher.process.scale
+
+        def keep(i, n_steps, sigma, x_t, x0_hat):
+            s = torch.tensor(grid[i], dtype=torch.float64)
+            frames.append(x_t.double() / scale(s) / (1 + s**2).sqrt())
+
+        sample(teacher.denoiser(), x_T, 18, heun, heun_options, keep)
+        paths = torch.stack(frames).float().cpu()
+    data = model.dataset().fresh(2000, seed)[0]
+    top = den.few_step.get("sigma_max", model.process.sigma_max)
+    return plots.jump_map_2d(x_T.float().cpu(), ends.float().cpu(), data, path, paths,
+                             title=f"{name}: one step from sigma = {top:g} beside the teacher's ODE from the same noise" if paths is not None
+                             else f"{name}: one step from sigma = {top:g}")

@@ -220,3 +220,38 @@ def image_rows(rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str 
         ax.set_ylabel(label.replace("\n", " "), rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def jump_map_2d(noise: torch.Tensor, ends: torch.Tensor, data: torch.Tensor, path: Path, paths: torch.Tensor | None = None,
+                title: str = "", jump: str = "one step") -> Path:
+    """A one-step model's map of 2-D points: an arrow from each noise point (B, 2) to its sample
+    (B, 2), over the data in gray; with ``paths`` (K, B, 2), the teacher's ODE trajectories from the
+    same noise drawn beside it (left), so the two maps can be compared point by point."""
+    d, z, e = data.numpy(), noise.numpy(), ends.numpy()
+    panels = 1 if paths is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5), sharex=True, sharey=True, squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 1, len(z)))
+    order = np.argsort(np.arctan2(z[:, 1], z[:, 0]))  # colour by the noise's angle: the same point has the same colour in both panels
+    colors[order] = colors.copy()
+    for ax in axes[0]:
+        ax.scatter(d[:, 0], d[:, 1], s=1, alpha=0.15, color="gray")
+        ax.scatter(z[:, 0], z[:, 1], s=6, color=colors, marker="o", zorder=3)
+    if paths is not None:
+        p = paths.numpy()
+        ax = axes[0, 0]
+        for b in range(p.shape[1]):
+            ax.plot(p[:, b, 0], p[:, b, 1], lw=0.7, alpha=0.7, color=colors[b])
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=8, marker="x", color="black", lw=0.7, zorder=4)
+        ax.set_title(f"teacher: probability-flow ODE ({p.shape[0] - 1} steps)", fontsize=9)
+    ax = axes[0, -1]
+    ax.quiver(z[:, 0], z[:, 1], e[:, 0] - z[:, 0], e[:, 1] - z[:, 1], color=colors, angles="xy", scale_units="xy", scale=1,
+              width=0.003, alpha=0.8)
+    ax.scatter(e[:, 0], e[:, 1], s=8, marker="x", color="black", lw=0.7, zorder=4)
+    ax.set_title(f"few-step model: {jump} (arrow: noise -> sample)", fontsize=9)
+    lo, hi = _lim(np.concatenate([d, z]))
+    for ax in axes[0]:
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -30,7 +30,7 @@ from ddpmctl.datasets.base import Dataset
 from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_threads, use_bf16
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.events import Events
-from ddpmctl.grids import preview
+from ddpmctl.grids import few_step_picture, preview
 from ddpmctl.methods import Method
 from ddpmctl.pipeline import (Model, build_dataset, build_method, build_network, build_process, check_method, check_process, check_teacher, load_model, INHERITED,
                               plugin_record, provenance_changes, resolve, run_name, start_from, versions)
@@ -248,6 +248,8 @@ class Session:
             hooks = Hooks(log=self._log, checkpoint=self._save, progress=self._progress, stop=lambda: self._should_stop(stop))
             why = train_loop(state, objective(s, ds, self.process, self.method, self.teacher), x, y, self.loop, hooks)
             ended = time.perf_counter()  # before the plots
+            if self.world.main and self.method is not None:
+                self._few_step_picture()
         finally:
             if self.world.main:
                 convergence.write_plots(run)
@@ -259,6 +261,14 @@ class Session:
             summary = criteria.summary(reason, state.step, self.offset + elapsed)
             atomic_write_bytes(run.path / "stop.json", json.dumps(summary, indent=2).encode())
         return Outcome(run.path, reason, state.step, s.steps, elapsed, criteria.explain())
+
+    def _few_step_picture(self) -> None:
+        """RUN/few-step.png: 1, 2 and 4 steps from the same noise; on 2-D data the one-step map
+        beside the teacher's ODE (grids.few_step_picture)."""
+        teacher = self.teacher
+        if teacher is None and self.s.teacher is not None and self.ds.kind == "points" and Path(self.s.teacher).is_dir():
+            teacher = load_model(self.s.teacher, str(self.device))
+        few_step_picture(self.model(), self.run_dir.path / "few-step.png", teacher, seed=self.s.seed)
 
     def _now(self) -> float:
         """The run's wall time: earlier sessions and this one."""

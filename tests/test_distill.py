@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import torch
+from PIL import Image
 
 import ddpmctl
 from ddpmctl import registry
@@ -30,6 +31,8 @@ def test_distill_writes_a_run_that_records_its_teacher_and_samples_in_one_step(t
     assert record["plugins"]["method"]["name"] == "consistency"
     teacher = json.loads((tiny_run / "config.json").read_text())["config"]
     assert all(record["config"][k] == teacher[k] for k in ("data", "network_options", "process", "schedule_options", "batch_size"))
+    with Image.open(run / "few-step.png") as picture:  # the one-step map beside the teacher's ODE: two square panels
+        assert picture.size[0] > 1.6 * picture.size[1]
 
     out = tmp_path / "s"
     assert_ok(cli_here("sample", run, "--n", "300", "--out", out))  # the default: the few-step sampler, one step
