@@ -25,10 +25,11 @@ recommend (--guidance, 2): per-class accuracy at 1 and 2 steps (bar: >= 97% for 
 toy2d: the default 2-D teacher of each dataset (--process edm), distilled; W2 of one-step samples at n = 2000,
 mean over --draws draws against the mean floor (benchmarks/toy2d_w2.py's estimate).
 
-scan: one digit-0 run's classifier FID and share of zeros (n = 980) for each SPEC, the keyword
-arguments of Run.sample (steps, sampler, options): where a few-step model starts, its middle levels.
+scan: one run's classifier FID and share of zeros (n = 980; a conditional run: each class in turn
+at --guidance, and its lowest per-class accuracy) for each SPEC, the keyword arguments of
+Run.sample (steps, sampler, options): where a few-step model starts, its middle levels.
 
-Results: benchmarks/out/fewstep/<task>/results.json and PNGs; Markdown tables are printed.
+Results: benchmarks/out/fewstep/<task>/results-<variants>.json (scan: <run>.json); Markdown tables are printed.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def timed(fn):
 def make_variant(variant: str, teacher: Path, data: dict, args) -> tuple[ddpmctl.Run, float]:
     """Train one variant; returns the run and its training wall time (seconds)."""
     how, method, options, process = VARIANTS[variant]
-    name = f"{teacher.name}-{variant}"
+    name = f"{teacher.name}-{variant}{args.suffix}"
     common = dict(steps=args.steps, name=name, runs_dir=teacher.parent, method_options=options, checkpoint_every=10**6)
     if args.batch_size:
         common["batch_size"] = args.batch_size
@@ -125,7 +126,7 @@ def digits(args, conditional: bool) -> dict:
     labels = torch.arange(args.n) % 10 if conditional else None
     g = args.guidance if conditional else 1.0
     result = {"teacher": str(path), "teacher_train_s": teacher_s, "teacher_step": teacher.step, "rows": {}}
-    for sampler, steps in TEACHER_SAMPLERS:
+    for sampler, steps in TEACHER_SAMPLERS if not args.skip_teacher_rows else []:
         row = image_scores(teacher, steps, sampler, args.n, labels, g, fid=(sampler, steps) == ("heun", 18) and not conditional)
         row["images_per_s"] = images_per_second(teacher, sampler, steps) if (sampler, steps) == ("dpm-solver++", 20) else None
         result["rows"][f"teacher {sampler}:{steps}"] = row
@@ -147,11 +148,14 @@ def toy2d(args) -> dict:
     variants = args.variants.split(",")
     for name in args.datasets.split(","):
         result[name] = {}
-        if any(VARIANTS[v][0] == "distill" for v in variants):
-            teacher, teacher_s = timed(lambda: ddpmctl.train(data=name, process=args.process, name=name, runs_dir=out, checkpoint_every=10**6))
-            result[name] = {"teacher_train_s": round(teacher_s, 1), "teacher": w2_score(teacher.path, 2000, args.draws, None)}
+        teacher = out / name
+        if args.teacher is not None:  # a folder of teachers named as the datasets
+            teacher = args.teacher / name
+        elif any(VARIANTS[v][0] == "distill" for v in variants):
+            run, teacher_s = timed(lambda: ddpmctl.train(data=name, process=args.process, name=name, runs_dir=out, checkpoint_every=10**6))
+            result[name] = {"teacher_train_s": round(teacher_s, 1), "teacher": w2_score(run.path, 2000, args.draws, None)}
         for variant in variants:
-            run, seconds = make_variant(variant, out / name, {"data": name}, args)
+            run, seconds = make_variant(variant, teacher, {"data": name}, args)
             for k in (1, 2):
                 r = w2_score(run.path, 2000, args.draws, None, k)
                 result[name][f"{variant} {k}-step"] = {**r, "train_s": round(seconds, 1)}
@@ -161,11 +165,16 @@ def toy2d(args) -> dict:
 
 def scan(args) -> dict:
     run = ddpmctl.Run.load(args.run)
+    conditional = run.model.num_classes > 0  # then each class in turn, at --guidance
+    labels = torch.arange(args.n) % 10 if conditional else None
     out = {}
     for spec in json.loads(args.specs):
-        row = image_scores(run, spec.get("steps"), spec.get("sampler"), args.n, options=spec.get("options"))
+        row = image_scores(run, spec.get("steps"), spec.get("sampler"), args.n, labels, args.guidance if conditional else 1.0,
+                           fid=args.fid, options=spec.get("options"))
         out[json.dumps(spec)] = row
-        print(f"{json.dumps(spec)}: classifier FID {row['classifier-fid']:.4f}, zeros {row['zeros']:.4f}", flush=True)
+        read = f"lowest class {min(row['per_class'].values()):.4f}" if conditional else f"zeros {row['zeros']:.4f}"
+        fid = f", FID {row['fid']:.2f} (floor {row['fid floor']:.2f})" if args.fid else ""
+        print(f"{json.dumps(spec)}: classifier FID {row['classifier-fid']:.4f}, {read}{fid}", flush=True)
     return out
 
 
@@ -173,9 +182,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("task", choices=["digit0", "conditional", "toy2d", "scan"])
     p.add_argument("--run", type=Path, default=None, help="scan: the run to sample")
+    p.add_argument("--fid", action="store_true", help="scan: the Inception FID too")
     p.add_argument("--specs", default='[{"steps": 1}]', help="scan: a JSON list of Run.sample keyword arguments")
-    p.add_argument("--teacher", type=Path, default=None, help="an existing teacher run (digit0, conditional)")
+    p.add_argument("--teacher", type=Path, default=None, help="an existing teacher run (digit0, conditional); toy2d: a folder of teacher runs named as the datasets")
+    p.add_argument("--suffix", default="", help="appended to the names of the variants' runs")
     p.add_argument("--teacher-steps", type=int, default=5000)
+    p.add_argument("--skip-teacher-rows", action="store_true", help="digit0, conditional: do not score the teacher's samplers again")
     p.add_argument("--variants", default="ect,cd,meanflow")
     p.add_argument("--steps", type=int, default=None, help="training steps of each distillation (default: the teacher's)")
     p.add_argument("--scratch-steps", type=int, default=None, help="training steps of the from-scratch variants (default: --steps)")
@@ -194,7 +206,7 @@ def main() -> None:
     result = tasks[args.task](args)
     record = {"task": args.task, "settings": {k: str(v) for k, v in vars(args).items()},
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}", "result": result}
-    dest = args.out / args.task / (f"{args.run.name}.json" if args.task == "scan" else "results.json")
+    dest = args.out / args.task / (f"{args.run.name}.json" if args.task == "scan" else f"results-{args.variants.replace(',', '-')}{args.suffix}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(record, indent=2))
     print(f"saved {dest}")

@@ -15,7 +15,8 @@ import torch
 
 from ddpmctl import registry
 from ddpmctl.denoiser import Denoiser
-from ddpmctl.samplers.base import randn
+from ddpmctl.samplers.base import randn, sigma_grid
+from ddpmctl.samplers.fewstep import levels
 
 
 def preview_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
@@ -60,8 +61,6 @@ def few_step_picture(model, path: Path, teacher=None, seed: int = 0, n: int = 12
     x / sqrt(1 + sigma^2), which go from the noise eps to the sample.
     """
     from ddpmctl import plots
-    from ddpmctl.samplers.base import sigma_grid
-    from ddpmctl.samplers.fewstep import levels
 
     den, device = model.denoiser(), model.device
     few, options = registry.resolve("sampler", "few-step", None)

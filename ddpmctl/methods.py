@@ -18,7 +18,9 @@ consistency   a consistency model f(x, sigma) = x0 for every point of an ODE tra
               (target "data": consistency training, no teacher network) or one Heun step of
               the teacher's probability-flow ODE from x_sigma (target "teacher": consistency
               distillation). At stage 0, r <= 0 and the target is x_0: the diffusion loss the
-              teacher was trained with, so tuning starts where the teacher is.
+              teacher was trained with, so tuning starts where the teacher is. From scratch
+              (`ddpmctl train --method consistency`, EDM's process unless told) the same
+              curriculum is consistency training: its first stage trains a diffusion model.
 meanflow      the average velocity u(z_t, r, t) = (1 / (t - r)) int_r^t v(z_s, s) ds of the flow
               process (Geng et al. 2025): one jump z_r = z_t - (t - r) u. Trained from the MeanFlow
               identity u = v - (t - r) (v . grad_z u + d_t u), the total derivative taken by one
@@ -28,7 +30,8 @@ meanflow      the average velocity u(z_t, r, t) = (1 / (t - r)) int_r^t v(z_s, s
 Contract of a method class: ``Options``; ``noise_inputs`` (1, or 2 for a network that also reads
 the jump's end); ``sampling``, the few-step sampler's defaults for its models (``gamma``, the
 noise refresh; ``sigma_max``, where the first jump starts); ``processes``, those it
-is defined on (None: all); ``loss(process, p_uncond, num_classes, teacher, steps)`` -> a loss
+is defined on (None: all); ``default_process``, the process of a run trained from scratch unless
+told (None: the phase's); ``loss(process, p_uncond, num_classes, teacher, steps)`` -> a loss
 ``loss(net, x0, y, generator)`` for the training loop (``teacher``: the teacher run's
 pipeline.Model, whose ``denoiser(guidance, clip_x0)`` the loss may call, or None), with ``set_step(step)`` when it follows a
 curriculum; ``second_noise(process, sigma, sigma_next)``, the network's second noise input.
@@ -54,6 +57,7 @@ class Method:
     noise_inputs = 1
     sampling: dict = {"gamma": 0.0}  # the few-step sampler's defaults for its models
     processes: Optional[tuple[str, ...]] = None
+    default_process: Optional[str] = None  # the process of a run trained from scratch unless told (None: the phase's)
     uses_teacher = False  # whether its loss calls the teacher network (not only starts from its weights)
 
     def loss(self, process: Process, p_uncond: float, num_classes: int, teacher, steps: int):
@@ -91,6 +95,7 @@ class Consistency(Method):
 
     Options = ConsistencyOptions
     name = "consistency"
+    default_process = "edm"  # EDM's preconditioning keeps x0_hat bounded at the levels one step starts from
 
     def __init__(self, target="data", P_mean=-1.1, P_std=2.0, stages=8, q=2.0, k=8.0, b=1.0, huber_c=0.0, teacher_guidance=1.0, sigma_start=20.0):
         self.target, self.P_mean, self.P_std = target, P_mean, P_std
@@ -186,6 +191,7 @@ class MeanFlow(Method):
     noise_inputs = 2
     sampling = {"gamma": 0.0}  # a jump of the ODE itself: no fresh noise
     processes = ("flow",)
+    default_process = "flow"
 
     def __init__(self, r_fraction=0.25, t_mean=-0.4, t_std=1.0, p=1.0, c=1e-3):
         self.r_fraction, self.t_mean, self.t_std, self.p, self.c = r_fraction, t_mean, t_std, p, c

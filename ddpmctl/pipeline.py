@@ -36,15 +36,15 @@ def build_dataset(name: str, options: dict) -> Dataset:
 
 
 def resolve(s: TrainSettings, ds: Dataset) -> TrainSettings:
-    """Fill the phase defaults (values left at None) for this dataset's kind (the process: the one
-    a few-step method is defined on, if it names one), and the options the process takes from the
+    """Fill the phase defaults (values left at None) for this dataset's kind (the process: a
+    few-step method's own, if it names one), and the options the process takes from the
     data (EDM's sigma_data) when they are not given."""
     defaults = PHASE_DEFAULTS[ds.kind]
     filled = {k: v for k, v in defaults.items() if getattr(s, k) is None}
     if s.process is None and wants_ddpm(s):
         filled["process"] = "ddpm"
-    elif s.process is None and s.method is not None and (only := registry.load("method", s.method).processes):
-        filled["process"] = only[0]  # a method defined on one process (meanflow: flow) brings it
+    elif s.process is None and s.method is not None and (own := registry.load("method", s.method).default_process):
+        filled["process"] = own  # a method trained from scratch brings its process (consistency: edm; meanflow: flow)
     process = registry.load("process", filled.get("process", s.process))
     from_data = {k: v for k, v in getattr(process, "data_defaults", lambda x: {})(ds.x).items() if k not in s.process_options}
     if from_data:

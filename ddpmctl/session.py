@@ -78,13 +78,21 @@ def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[P
     return s, run
 
 
+# A distilled run's length and rate unless told, as fractions of its teacher's: easy consistency
+# tuning of the 5000-step digit-0 teacher (rate 1e-3) met issue 16's one-step bar in 2000 steps at
+# 2e-4; on 2-D data, 0.2 x the rate did as well as the teacher's (docs/benchmarks.md).
+DISTILL_STEPS, DISTILL_LR = 0.4, 0.2
+
+
 def distill_settings(teacher: Path, method: str, name: Optional[str] = None, runs_dir: Optional[Path] = None) -> tuple[dict, dict]:
     """(flags, base) of a run distilled from ``teacher`` with ``method``: named <teacher>-<method>
     and made beside it unless told, on the teacher's data, network and process and, below the
-    TOML file, the environment and the caller's flags, its steps, batch, rate and seed."""
+    TOML file, the environment and the caller's flags, its batch and seed, DISTILL_STEPS of its
+    steps and DISTILL_LR of its rate."""
     saved = RunDir.open(teacher).record.config.model_dump(mode="json")
     flags = {"method": method, "teacher": teacher.absolute(), "name": name or f"{teacher.name}-{method}", "runs_dir": runs_dir or teacher.parent}
-    return flags, {k: saved[k] for k in INHERITED + ("p_uncond", "steps", "batch_size", "lr", "seed")}
+    base = {k: saved[k] for k in INHERITED + ("p_uncond", "batch_size", "seed")}
+    return flags, {**base, "steps": max(1, round(DISTILL_STEPS * saved["steps"])), "lr": DISTILL_LR * saved["lr"]}
 
 
 @dataclass

@@ -57,6 +57,16 @@ def test_consistency_distillation_starts_from_a_student_equal_to_its_teacher(tin
     assert run.step == 10 and torch.isfinite(run.sample(n=64).x).all()
 
 
+def test_a_distilled_run_is_shorter_and_slower_than_its_teacher_unless_told(tiny_run):
+    from ddpmctl.session import DISTILL_LR, DISTILL_STEPS, distill_settings
+
+    teacher = json.loads((tiny_run / "config.json").read_text())["config"]
+    flags, base = distill_settings(tiny_run, "consistency")
+    assert base["steps"] == round(DISTILL_STEPS * teacher["steps"]) < teacher["steps"]
+    assert base["lr"] == DISTILL_LR * teacher["lr"] and base["batch_size"] == teacher["batch_size"]
+    assert flags["name"] == f"{tiny_run.name}-consistency" and flags["runs_dir"] == tiny_run.parent
+
+
 def test_distill_mistakes_are_one_sentence(tiny_run, tmp_path):
     assert_clean_error(cli_here("distill", tmp_path / "nowhere", "--method", "consistency"), "nowhere")
     assert_clean_error(cli_here("distill", tiny_run, "--runs-dir", tmp_path), "method")
@@ -76,6 +86,15 @@ def test_meanflow_trains_from_scratch_and_jumps_in_one_step(tmp_path):
     assert a.record["sampler"] == "few-step" and a.record["nfe"] == 1
     torch.testing.assert_close(a.x, b.x)
     assert not torch.allclose(run.sample(n=200, seed=1, steps=2).x, a.x)
+
+
+def test_consistency_training_from_scratch_takes_edm_and_samples_in_one_step(tmp_path):
+    run = ddpmctl.train(data="8gaussians", method="consistency", name="ct", runs_dir=tmp_path,
+                        **{**TINY_SETTINGS, "steps": 40, "schedule_options": {}})
+    assert run.config.process == "edm" and run.config.teacher is None, "no --process: the method's own"
+    a = run.sample(n=200, seed=1)
+    assert a.record["sampler"] == "few-step" and a.record["nfe"] == 1
+    torch.testing.assert_close(a.x, run.sample(n=200, seed=1, batch_size=32).x)
 
 
 def test_a_two_level_network_started_from_a_one_level_teacher_is_the_teacher():
