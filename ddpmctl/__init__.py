@@ -14,7 +14,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = {"train": "ddpmctl.api", "distill": "ddpmctl.api", "Run": "ddpmctl.api", "Evaluation": "ddpmctl.api", "load_dataset": "ddpmctl.api",
+_API = {"train": "ddpmctl.api", "distill": "ddpmctl.api", "sweep": "ddpmctl.api", "Run": "ddpmctl.api", "Evaluation": "ddpmctl.api", "load_dataset": "ddpmctl.api",
         "Samples": "ddpmctl.samples", "Events": "ddpmctl.events", "Printer": "ddpmctl.events",
         "TrainSettings": "ddpmctl.config", "RunRecord": "ddpmctl.record", "DdpmctlError": "ddpmctl.errors"}
 __all__ = ["__version__", *_API]

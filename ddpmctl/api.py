@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ddpmctl import registry
+from ddpmctl import sweeps
 from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.errors import OptionsError
@@ -61,13 +62,32 @@ def distill(teacher: PathLike, method: str, *, name: Optional[str] = None, confi
     """A few-step model from a trained run, as `ddpmctl distill` makes it: a new run (``name``,
     default <teacher>-<method>, beside the teacher) with the teacher's data, network and process,
     starting from its EMA weights and trained with ``method`` (methods.py; ``method_options``).
-    Unset, steps, batch size, learning rate and seed are the teacher's."""
+    Unset, batch size and seed are the teacher's, steps 0.4 x its steps and the learning rate
+    0.2 x its rate (session.DISTILL_STEPS, DISTILL_LR)."""
     if resume is not None:
         return train(resume=resume, config=config, events=events, stop=stop, **settings)
     flags, base = distill_settings(Path(teacher), method, name)
     session = Session.prepare({**flags, **settings}, Path(config) if config else None, None, events, base=base)
     outcome = session.run(stop=stop or (lambda: False))
     return Run.load(outcome.run, device=str(session.device))
+
+
+def sweep(name: str, grid: dict[str, Sequence], *, runs_dir: Optional[PathLike] = None, parallel: int = 1, config: Optional[PathLike] = None,
+          events: Optional[Events] = None, stop: Optional[Callable[[], bool]] = None, **settings) -> list[Path]:
+    """Train one run per combination of the ``grid`` values, as `ddpmctl sweep` does, and return
+    the run directories (RUNS_DIR/NAME/CELL, in grid order).
+
+    ``grid`` maps a setting (``"lr"``, ``"network"``) or a plugin option (``"network.width"``)
+    to its values; ``settings`` are shared by every cell, as in ``train``; every cell is evaluated
+    the same way (every 500 steps unless ``eval_every`` is given). Each cell trains in its own
+    `ddpmctl train` process, ``parallel`` at once. Calling it again resumes the sweep: finished
+    cells are not trained again. A cell that fails raises RunError naming its log; ``stop()``
+    interrupts the running cells (they save a checkpoint)."""
+    plan = sweeps.plan(name, grid, Path(runs_dir) if runs_dir is not None else None, Path(config) if config else None, **settings)
+    sweeps.write(plan)
+    outcome = sweeps.run(plan, parallel, events, stop)
+    outcome.check()
+    return outcome.runs
 
 
 def load_dataset(name: str, **options) -> Dataset:

@@ -286,7 +286,7 @@ def cli_reference() -> str:
 # docs/api.md
 
 API_OBJECTS = [  # (name shown, object): what `import ddpmctl` hands out, and what it returns
-    ("ddpmctl.train", api.train), ("ddpmctl.load_dataset", api.load_dataset), ("ddpmctl.Run", api.Run),
+    ("ddpmctl.train", api.train), ("ddpmctl.distill", api.distill), ("ddpmctl.sweep", api.sweep), ("ddpmctl.load_dataset", api.load_dataset), ("ddpmctl.Run", api.Run),
     ("ddpmctl.Evaluation", api.Evaluation), ("ddpmctl.Samples", samples.Samples), ("ddpmctl.Events", events.Events),
     ("ddpmctl.Printer", events.Printer), ("ddpmctl.RunRecord", record.RunRecord), ("ddpmctl.record.DataInfo", record.DataInfo),
     ("ddpmctl.metrics.base.MetricResult", metric_base.MetricResult), ("ddpmctl.datasets.base.Dataset", dataset_base.Dataset),

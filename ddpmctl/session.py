@@ -95,6 +95,33 @@ def distill_settings(teacher: Path, method: str, name: Optional[str] = None, run
     return flags, {**base, "steps": max(1, round(DISTILL_STEPS * saved["steps"])), "lr": DISTILL_LR * saved["lr"]}
 
 
+def check_names(s: TrainSettings, teacher: bool = True) -> None:
+    """The plugin names and options of ``s``, its process and method, and (``teacher``) its
+    teacher run: what can be refused before a dataset is built."""
+    registry.validate_options("dataset", s.data, s.data_options)
+    registry.validate_options("schedule", s.schedule, s.schedule_options)
+    if s.process is not None:  # else the phase's default, checked once resolved
+        registry.validate_options("process", s.process, s.process_options)
+    check_process(s)
+    if s.method is not None:
+        registry.validate_options("method", s.method, s.method_options)
+    if teacher and s.teacher is not None:
+        check_teacher(s)
+    if s.network is not None:
+        registry.validate_options("network", s.network, s.network_options)
+
+
+def check_resolved(s: TrainSettings, ds: Dataset) -> TrainSettings:
+    """``s`` resolved for the dataset ``ds`` (pipeline.resolve), with the checks that need it."""
+    s = resolve(s, ds)
+    registry.validate_options("process", s.process, s.process_options)
+    registry.validate_options("network", s.network, s.network_options)
+    check_method(s)
+    if s.cond == "class" and (ds.y is None or ds.num_classes == 0):
+        raise DataError(f"dataset {s.data!r} has no class labels, so --cond class cannot be used; drop --cond.")
+    return s
+
+
 @dataclass
 class Outcome:
     """How a session ended: ``reason`` is steps, interrupted, until-loss, until-metric or max-time."""
@@ -150,28 +177,12 @@ class Session:
         s, run = settings(flags, config_file, resume, base)
         if s.data_dir is not None:  # the setting (TOML, env or flag) is where datasets look
             os.environ["DDPMCTL_DATA_DIR"] = str(s.data_dir)
-        # Names and options are checked before anything heavy is built.
-        registry.validate_options("dataset", s.data, s.data_options)
-        registry.validate_options("schedule", s.schedule, s.schedule_options)
-        if s.process is not None:  # else the phase's default, checked once resolved
-            registry.validate_options("process", s.process, s.process_options)
-        check_process(s)
-        if s.method is not None:
-            registry.validate_options("method", s.method, s.method_options)
-        if s.teacher is not None and resume is None:
-            check_teacher(s)
-        if s.network is not None:
-            registry.validate_options("network", s.network, s.network_options)
+        check_names(s, teacher=resume is None)  # before anything heavy is built
         world = distributed.world_from_env()  # torchrun: this process's rank; else one process
         set_threads(s.threads, world.local_size)
         device = pick_device(s.device)
         ds = build_dataset(s.data, s.data_options)
-        s = resolve(s, ds)
-        registry.validate_options("process", s.process, s.process_options)
-        registry.validate_options("network", s.network, s.network_options)
-        check_method(s)
-        if s.cond == "class" and (ds.y is None or ds.num_classes == 0):
-            raise DataError(f"dataset {s.data!r} has no class labels, so --cond class cannot be used; drop --cond.")
+        s = check_resolved(s, ds)
         session = cls(s, run, ds, world, device, events or Events())
         session._open()
         return session

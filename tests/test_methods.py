@@ -155,7 +155,7 @@ def test_meanflow_target_is_the_exact_average_velocity_given_the_marginal_veloci
     """The MeanFlow identity u = v - (t - r) du/dt: with the marginal velocity v(z_t, t) and the
     exact u, the target is u itself and the loss vanishes."""
     loss, z, t, r, _, _ = meanflow_batch()
-    tc, rc = t.float()[:, None], r.float()[:, None]
+    tc = t.float()[:, None]
     v = exact_average_velocity(z, tc, tc)  # r = t: the velocity field
     u, target = loss.pair(AverageVelocityNet(), z, t, r, v, None)
     assert bool((t - r > 1e-3).float().mean() > 0.9)

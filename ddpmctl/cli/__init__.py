@@ -46,6 +46,7 @@ from ddpmctl.cli import evaluate as _evaluate  # noqa: E402
 from ddpmctl.cli import interpolate as _interpolate  # noqa: E402
 from ddpmctl.cli import plugins as _plugins  # noqa: E402
 from ddpmctl.cli import sample as _sample  # noqa: E402
+from ddpmctl.cli import sweep as _sweep  # noqa: E402
 from ddpmctl.cli import train as _train  # noqa: E402
 
 app.add_typer(_data.app, name="data")
@@ -58,6 +59,7 @@ app.add_typer(_bench.app, name="bench")
 app.command("interpolate")(_interpolate.interpolate)
 app.command("plot")(_convergence.plot)
 app.command("compare")(_convergence.compare)
+app.command("sweep")(_sweep.sweep)
 
 
 def main() -> None:
