@@ -195,6 +195,9 @@ def convergence(runs: Sequence[tuple[str, Sequence[dict]]], key: str | None, pat
             axes[0, col].axhline(lines["loss"], ls="--", color="gray", label=f"until loss <= {lines['loss']:g}")
         if key:
             axes[1, 0].set_ylabel(key)
+            values = [v for line in axes[1, col].get_lines() for v in line.get_ydata()]
+            if values and min(values) > 0 and max(values) > 20 * min(values):  # the untrained first evaluation dwarfs the rest
+                axes[1, col].set_yscale("log")
             if "metric" in lines:
                 axes[1, col].axhline(lines["metric"].value, ls="--", color="gray", label=f"{lines['metric']}")
         for ax in axes[:, col]:
