@@ -72,7 +72,12 @@ def check_network_contract(name: str, options: dict | None = None, data_shape=(2
     y = torch.tensor([0, 1, 2, num_classes])[:B]  # the last is the null label
     out_c = cond(x, t, y)
     assert out_c.shape == x.shape
-    assert not torch.allclose(cond(x, t, torch.zeros_like(y)), cond(x, t, torch.full_like(y, num_classes))), "labels must change the output"
+    null = cond(x, t, torch.full_like(y, num_classes))
+    zeros = cond(x, t, torch.zeros_like(y))
+    assert not torch.allclose(zeros, null), "labels must change the output"
+    assert torch.allclose(cond(x, t, None), null, atol=1e-6), "no labels (None) must be the null label"
+    # The rows of a batch are independent: a mixed batch equals the separate ones.
+    assert torch.allclose(out_c[0], zeros[0], atol=1e-5) and torch.allclose(out_c[3], null[3], atol=1e-5), "each row must read its own label"
 
     double = registry.build("network", name, options, data_shape=tuple(data_shape), num_classes=0, out_mult=2)
     assert double(x, t).shape == (B, 2 * data_shape[0], *data_shape[1:]), "out_mult=2 must double the channels"
