@@ -55,6 +55,18 @@ def check_dataset_contract(name: str, options: dict | None = None) -> Dataset:
     return ds
 
 
+def wake(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with its zero-initialised layers (a U-Net's or DiT's output, DiT's adaLN gates, a
+    second noise embedding) given small random weights, so that the noise level and the label
+    reach the output of an untrained network; in eval mode."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
 def check_network_contract(name: str, options: dict | None = None, data_shape=(2,), num_classes: int = 3) -> None:
     B = 4
     x = torch.randn(B, *data_shape)
@@ -65,10 +77,8 @@ def check_network_contract(name: str, options: dict | None = None, data_shape=(2
     out.square().mean().backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad), "every parameter must get a gradient"
 
-    cond = registry.build("network", name, options, data_shape=tuple(data_shape), num_classes=num_classes)
-    with torch.no_grad():  # a network whose last layer starts at zero (U-Net, DiT) answers 0 to every label
-        for p in cond.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    # A network whose last layer starts at zero (U-Net, DiT) answers 0 to every label: woken.
+    cond = wake(registry.build("network", name, options, data_shape=tuple(data_shape), num_classes=num_classes))
     y = torch.tensor([0, 1, 2, num_classes])[:B]  # the last is the null label
     out_c = cond(x, t, y)
     assert out_c.shape == x.shape

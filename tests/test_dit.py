@@ -9,19 +9,9 @@ from ddpmctl import registry
 from ddpmctl.errors import OptionsError
 from ddpmctl.networks.dit import DiT, sincos_2d
 from ddpmctl.processes import EDM
+from ddpmctl.testing import wake
 
 SMALL = {"width": 32, "depth": 2, "heads": 4}
-
-
-def _wake(net: nn.Module) -> nn.Module:
-    """Give the zero-initialised layers (adaLN, output, second noise MLP) random weights, so t and
-    y reach the output of an untrained net."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return net.eval()
 
 
 def _inputs(shape, B=3, num_classes=0, seed=1):
@@ -104,7 +94,7 @@ def test_noise_level_reaches_the_output_after_training():
 
 
 def test_unconditional_net_ignores_labels():
-    net = _wake(DiT(**SMALL, data_shape=(1, 8, 8)))
+    net = wake(DiT(**SMALL, data_shape=(1, 8, 8)))
     x, t, _ = _inputs((1, 8, 8))
     assert torch.equal(net(x, t), net(x, t, torch.zeros(3, dtype=torch.long)))
 
@@ -112,7 +102,7 @@ def test_unconditional_net_ignores_labels():
 def test_long_skips_start_as_the_plain_network():
     """U-ViT's skip projection starts as [I, 0]: a net with long skips computes what the same
     weights compute without them, until training moves the projection."""
-    plain = _wake(DiT(**{**SMALL, "depth": 4}, data_shape=(1, 8, 8)))
+    plain = wake(DiT(**{**SMALL, "depth": 4}, data_shape=(1, 8, 8)))
     skip = DiT(**{**SMALL, "depth": 4}, long_skips=True, data_shape=(1, 8, 8)).eval()
     missing, _ = skip.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == ["skips.0.bias", "skips.0.weight", "skips.1.bias", "skips.1.weight"]
@@ -125,14 +115,14 @@ def test_long_skips_start_as_the_plain_network():
 
 def test_two_noise_inputs_start_as_the_one_input_net():
     """noise_inputs=2 (t, and a gap t - r): t is (B, 2); the second level's MLP starts at zero."""
-    one = _wake(DiT(**SMALL, data_shape=(1, 8, 8)))
+    one = wake(DiT(**SMALL, data_shape=(1, 8, 8)))
     two = DiT(**SMALL, data_shape=(1, 8, 8), noise_inputs=2).eval()
     missing, _ = two.load_state_dict(one.state_dict(), strict=False)
     assert missing and all(k.startswith("embed.mlp2.") for k in missing)
     x, t, _ = _inputs((1, 8, 8))
     t2 = torch.stack([t, torch.rand(3) * 500], dim=1)  # (B, 2)
     assert torch.allclose(two(x, t2), one(x, t), atol=1e-6)
-    _wake(two)  # now the gap reaches the output too
+    wake(two)  # now the gap reaches the output too
     assert not torch.allclose(two(x, t2), two(x, torch.stack([t, torch.zeros(3)], dim=1)))
 
 

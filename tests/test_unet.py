@@ -2,23 +2,15 @@
 
 import pytest
 import torch
-from torch import nn
 
 from ddpmctl import registry
 from ddpmctl.errors import OptionsError
 from ddpmctl.networks.unet import UNet, default_sizes
+from ddpmctl.testing import wake
 
 SMALL = {"channels": 8, "channel_mult": (1, 2), "attn_resolutions": (4,)}
 
 
-def _wake(net: nn.Module) -> nn.Module:
-    """Give the zero-initialised output layers random weights, so t and y reach the output."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return net.eval()
 
 
 def _inputs(shape, B=3, num_classes=0):
@@ -60,7 +52,7 @@ def test_starts_as_the_identity_residual_and_trains():
 
 
 def test_time_reaches_the_output():
-    net = _wake(UNet(**SMALL, data_shape=(1, 8, 8)))
+    net = wake(UNet(**SMALL, data_shape=(1, 8, 8)))
     x, _, _ = _inputs((1, 8, 8))
     a = net(x, torch.full((3,), 10))
     b = net(x, torch.full((3,), 900))
@@ -69,7 +61,7 @@ def test_time_reaches_the_output():
 
 @pytest.mark.parametrize("cross_attention", [False, True])
 def test_class_label_conditions_the_output_and_none_is_the_null_label(cross_attention):
-    net = _wake(UNet(**SMALL, cross_attention=cross_attention, data_shape=(1, 8, 8), num_classes=5))
+    net = wake(UNet(**SMALL, cross_attention=cross_attention, data_shape=(1, 8, 8), num_classes=5))
     x, t, _ = _inputs((1, 8, 8))
     out_2 = net(x, t, torch.full((3,), 2))
     out_4 = net(x, t, torch.full((3,), 4))
@@ -89,7 +81,7 @@ def test_cross_attention_adds_label_tokens_only_when_conditional():
 
 
 def test_unconditional_net_ignores_labels():
-    net = _wake(UNet(**SMALL, data_shape=(1, 8, 8)))
+    net = wake(UNet(**SMALL, data_shape=(1, 8, 8)))
     x, t, _ = _inputs((1, 8, 8))
     assert torch.equal(net(x, t), net(x, t, torch.zeros(3, dtype=torch.long)))
 
