@@ -32,7 +32,6 @@ import difflib
 import hashlib
 import itertools
 import json
-import math
 import os
 import re
 import signal
@@ -42,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
+
+import tomli_w
 
 from ddpmctl import convergence
 from ddpmctl.checkpoint import atomic_write_bytes
@@ -306,33 +307,11 @@ def same(p: Plan, old: dict) -> None:
 
 
 def to_toml(values: dict[str, Any]) -> str:
-    """Settings as TOML that tomllib reads back as the same dict: a ``key = value`` line each,
-    plugin options as inline tables."""
-    return "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in values.items())
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")  # JSON's escapes are TOML's; TOML escapes DEL too
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise ConfigError(f"the value {v!r} cannot be written to a TOML file; use a number, a string, true or false, a list or a table.")
+    """Settings as TOML that tomllib reads back as the same dict (tomli-w)."""
+    try:
+        return tomli_w.dumps(values)
+    except TypeError as exc:
+        raise ConfigError(f"a setting cannot be written to a TOML file ({exc}); use a number, a string, true or false, a list or a table.") from None
 
 
 # ---------------------------------------------------------------------------------------------
