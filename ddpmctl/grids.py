@@ -76,11 +76,11 @@ def few_step_picture(model, path: Path, teacher=None, seed: int = 0, n: int = 12
         return plots.image_rows(rows, path, title=f"{name}: the same noise in 1, 2 and 4 steps")
     x_T = randn((n, *model.data.shape), torch.Generator(device=device).manual_seed(seed), device)
     ends = sample(den, x_T, 1)
+    top = levels(model.process, 1, "auto", 7.0, None, den.few_step.get("sigma_max"))[0]  # where the one step starts
     paths = None
     if teacher is not None:
-        top = levels(model.process, 1, "auto", 7.0, None, den.few_step.get("sigma_max"))[0]
-        heun, heun_options = registry.resolve("sampler", "heun", {"sigma_max": top})
-        grid = sigma_grid(teacher.process, 18, "karras", 7.0, heun_options.sigma_min, top).tolist() + [0.0]
+        heun, o = registry.resolve("sampler", "heun", {"sigma_max": top})
+        grid = sigma_grid(teacher.process, 18, o.spacing, o.rho, o.sigma_min, o.sigma_max).tolist() + [0.0]  # heun's levels: frame i is at grid[i]
         frames = [x_T.double()]  # x / sqrt(1 + sigma^2) at sigma = top: x_T, up to 1 / top^2
         scale = teacher.process.scale
 
@@ -88,10 +88,9 @@ def few_step_picture(model, path: Path, teacher=None, seed: int = 0, n: int = 12
             s = torch.tensor(grid[i], dtype=torch.float64)
             frames.append(x_t.double() / scale(s) / (1 + s**2).sqrt())
 
-        sample(teacher.denoiser(), x_T, 18, heun, heun_options, keep)
+        sample(teacher.denoiser(), x_T, 18, heun, o, keep)
         paths = torch.stack(frames).float().cpu()
     data = model.dataset().fresh(2000, seed)[0]
-    top = den.few_step.get("sigma_max", model.process.sigma_max)
     return plots.jump_map_2d(x_T.float().cpu(), ends.float().cpu(), data, path, paths,
                              title=f"{name}: one step from sigma = {top:g} beside the teacher's ODE from the same noise" if paths is not None
                              else f"{name}: one step from sigma = {top:g}")

@@ -80,7 +80,8 @@ def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[P
 
 # A distilled run's length and rate unless told, as fractions of its teacher's: easy consistency
 # tuning of the 5000-step digit-0 teacher (rate 1e-3) met issue 16's one-step bar in 2000 steps at
-# 2e-4; on 2-D data, 0.2 x the rate did as well as the teacher's (docs/benchmarks.md).
+# 2e-4; on 2-D data these defaults gave 1.13-1.47 x the W2 floor from EDM teachers, against
+# 1.16-1.26 for 4000 steps at the teacher's rate (docs/benchmarks.md).
 DISTILL_STEPS, DISTILL_LR = 0.4, 0.2
 
 
