@@ -97,7 +97,8 @@ def main() -> None:
                 "--class", ",".join(map(str, range(10))), "--grid", runs / "grid-10x10.png", "--out", run / "grid")
     sample_s = time.perf_counter() - t0
 
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""  # `ddpmctl train` picks CUDA when present
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
     record = {"phase": args.phase, "machine": machine, "train_seconds": round(train_s, 1), "sample_seconds": round(sample_s, 1),
               "sampler": args.sampler, "steps": args.steps, "classifier_test_accuracy": acc, **result, "bar_met": passed}
     (runs / "result.json").write_text(json.dumps(record, indent=2))

@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile ours")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 training where it pays (CUDA, AMX CPUs), fp32 sampling; bf16: both bf16")
     p.add_argument("--no-diffusers", action="store_true", help="time ddpmctl alone")
     p.add_argument("--ablation", action="store_true", help="mnist16 only: channels-last (and with --compile, compile) on and off")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/speed"))
@@ -66,7 +68,7 @@ def main() -> None:
     set_threads(args.threads)
     device = pick_device(args.device)
     settings = speed.Settings(train_steps=args.train_steps, nfe=args.nfe, repeats=args.repeats, batch_size=args.batch_size,
-                              compile=args.compile, vs=None if args.no_diffusers else "diffusers")
+                              compile=args.compile, precision=args.precision, vs=None if args.no_diffusers else "diffusers")
     env = speed.environment(device)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ablation:
@@ -83,7 +85,7 @@ def main() -> None:
         return
     results = []
     for m in [s.strip() for s in args.model.split(",") if s.strip()]:
-        s = dataclasses.replace(settings, vs=settings.vs if speed.MODELS[m]["kind"] == "images" else None)
+        s = dataclasses.replace(settings, vs=settings.vs if speed.has_counterpart(m) else None)
         results.append(speed.measure(m, s, device, tick=lambda d: print(d, flush=True)))
     record = {"environment": env, "settings": dataclasses.asdict(settings), "results": results}
     (args.out / "speed.json").write_text(json.dumps(record, indent=2))

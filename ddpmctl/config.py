@@ -84,7 +84,7 @@ class TrainSettings(_Base):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads of each process (default: torch's, or the cores divided among the processes of a torchrun launch)")
     compile: bool = Field(False, description="run the network through torch.compile: a slow first step, then faster ones")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast of the network in training (auto: bf16 on CUDA GPUs that support it and, for images, on CPUs with AMX; else fp32: bf16 was 30x slower on a CPU without bf16 instructions)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast of the network in training (auto: bf16 for images on CPUs with AMX, else fp32, TF32 on CUDA: bf16 was 30x slower on a CPU without bf16 instructions and 0.82-0.91x as fast on an H200 at the default sizes)")
     runs_dir: Path = Field(Path("runs"), description="where run directories are made")
     name: Optional[str] = Field(None, description="run name (default: <data>-<date>-<time>)")
     data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")

@@ -47,15 +47,14 @@ def set_threads(threads: int | None = None, local_processes: int = 1) -> int:
 
 
 def use_bf16(precision: str, device: torch.device, images: bool = True) -> bool:
-    """Whether to autocast the network to bf16 in training: asked for, or ``auto`` on a CUDA GPU
-    with bf16 support or, for image networks, on a CPU with AMX tiles, where oneDNN runs bf16
-    convolutions on them (1.4x the mnist16 U-Net's fp32 training throughput, docs/benchmarks.md).
-    Elsewhere auto keeps float32: on a CPU without bf16 instructions bf16 is far slower (30x for
-    the mnist16 U-Net on AVX2), and the 2-D MLPs stay float32 (their 2-D bars are measured in
-    float32; bf16's speed and its rounding near the W2 floor were not measured for them)."""
+    """Whether to autocast the network to bf16 in training: asked for, or ``auto`` for image
+    networks on a CPU with AMX tiles, where oneDNN runs bf16 convolutions on them (1.4x the mnist16
+    U-Net's fp32 training throughput, docs/benchmarks.md). Elsewhere auto keeps float32: on a CPU
+    without bf16 instructions bf16 is far slower (30x for the mnist16 U-Net on AVX2); on an H200
+    the default networks at batch 64 are bound by kernel launches, not arithmetic, and bf16's
+    casts made training 0.82-0.91x as fast as float32 with TF32 (fast_math); and the 2-D MLPs
+    stay float32 (their 2-D bars are measured in float32)."""
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
         return images and device.type == "cpu" and cpu_has_amx()
     return precision == "bf16"
 
@@ -77,5 +76,6 @@ def channels_last_pays(device: torch.device, training: bool) -> bool:
     """Whether an image network runs faster with NHWC (channels-last) weights. On the CPU the
     convolutions gain but torch's NHWC GroupNorm is 3-6x slower than its NCHW one, so training
     gained nothing and sampling 1.06x (mnist16 U-Net, benchmarks/speed.py --ablation): sampling
-    only. On CUDA, cuDNN's tensor-core convolutions want NHWC: both (not measured in this project)."""
+    only. On CUDA both: on an H200, NHWC sampled the mnist16 U-Net 1.14x faster and trained it at
+    the same speed (0.99x; benchmarks/speed.py --ablation, docs/benchmarks.md)."""
     return device.type == "cuda" or not training

@@ -20,7 +20,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alphas: torch.Tensor) -> torch.Ten
     a0, a1 = z0.reshape(B, -1).double(), z1.reshape(B, -1).double()
     cos = (a0 * a1).sum(1) / (a0.norm(dim=1) * a1.norm(dim=1)).clamp(min=1e-12)
     theta = torch.arccos(cos.clamp(-1.0, 1.0))  # (B,)
-    a = alphas.double().reshape(-1, 1, 1)  # (K, 1, 1)
+    a = alphas.to(a0.device, torch.float64).reshape(-1, 1, 1)  # (K, 1, 1), where the latents are
     sin = torch.sin(theta).reshape(1, B, 1)
     th = theta.reshape(1, B, 1)
     w0 = torch.where(sin > 1e-6, torch.sin((1 - a) * th) / sin, 1 - a)

@@ -226,9 +226,11 @@ class Session:
         if saved.get("network_options") != s.network_options or saved.get("network") != s.network:
             raise ConfigError(f"checkpoint {path} was made by a different network config; it cannot be resumed with this one.")
         try:
-            self.state.restore(tensors, meta)
+            notes = self.state.restore(tensors, meta)
         except (RuntimeError, KeyError) as exc:
             raise ConfigError(f"checkpoint {path} does not fit the network of this config ({str(exc).splitlines()[0]}).") from None
+        for msg in notes:
+            self.events.note(msg + ".", "warning")
         if self.world.main:
             run.truncate_metrics(self.state.step)
             run.write_record(RunRecord(s, run.record.data, run.record.plugins, run.record.versions, run.record.parameters))

@@ -46,6 +46,8 @@ MODELS = {
     "2d": {"shape": (2,), "network": "mlp", "batch_size": PHASE_DEFAULTS["points"]["batch_size"], "kind": "points"},
     "mnist16": {"shape": (1, 16, 16), "network": "unet", "batch_size": PHASE_DEFAULTS["images"]["batch_size"], "kind": "images"},
     "rgb32": {"shape": (3, 32, 32), "network": "unet", "batch_size": PHASE_DEFAULTS["images"]["batch_size"], "kind": "images"},
+    # The transformer denoiser at its defaults on phase 2's shape (docs/architectures.md)
+    "mnist16-dit": {"shape": (1, 16, 16), "network": "dit", "batch_size": PHASE_DEFAULTS["images"]["batch_size"], "kind": "images"},
 }
 T = 1000  # training timesteps of the linear schedule, as the defaults train
 
@@ -189,8 +191,8 @@ class Diffusers:
         except ImportError:
             raise ConfigError("--vs diffusers needs the diffusers package; install it with `pip install diffusers` (ddpmctl's optional extra `bench`).") from None
         spec = MODELS[model]
-        if spec["kind"] != "images":
-            raise OptionsError(f"diffusers has no counterpart of the {model} model (UNet2DModel is for images); drop --vs or choose image models.")
+        if not has_counterpart(model):
+            raise OptionsError(f"diffusers has no counterpart of the {model} model (UNet2DModel mirrors the U-Nets on images); drop --vs or choose U-Net models.")
         self.spec, self.batch_size, self.device, self.bf16, self.sample_bf16 = spec, batch_size, device, bf16, sample_bf16
         torch.manual_seed(seed)
         self.config = diffusers_unet_config(spec["shape"])
@@ -242,6 +244,11 @@ class Diffusers:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.sample_bf16):
                 eps_hat = self.unet(x, t).sample
             x = self.scheduler.step(eps_hat.float(), t, x, generator=self.g).prev_sample
+
+
+def has_counterpart(model: str) -> bool:
+    """Whether diffusers' UNet2DModel mirrors this model (the U-Nets on images)."""
+    return MODELS[model]["network"] == "unet"
 
 
 def check(models: list[str], settings: Settings) -> None:

@@ -81,20 +81,28 @@ class TrainState:
             tensors["rng/cuda"] = torch.cuda.get_rng_state()
         return tensors, {"optimizer": optim_meta}
 
-    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> list[str]:
+        """Put the saved state back; returns notes for the user (a stream that could not go on)."""
         self.net.load_state_dict(checkpoint.split(tensors, "model"))
         self.ema.load_state_dict(checkpoint.split(tensors, "ema"))
         self.optimizer.load_state_dict(checkpoint.optimizer_state(tensors, meta["optimizer"]))
         self.step = int(meta["step"])
         suffix = f".rank{self.rank}" if self.rank else ""
-        if f"rng/generator{suffix}" in tensors:  # the same rank saved its streams
-            self.generator.set_state(tensors[f"rng/generator{suffix}"])
+        saved = tensors.get(f"rng/generator{suffix}")
+        notes = []
+        if saved is not None and saved.numel() == self.generator.get_state().numel():  # the same rank, on the same kind of device
+            self.generator.set_state(saved)
             torch.set_rng_state(tensors[f"rng/torch{suffix}"])
-        else:  # a rank the saving run did not have: a fresh stream of its own
+        else:  # a rank the saving run did not have, or a run moved between CPU and GPU (Mersenne Twister and Philox
+            # states cannot stand for each other): a fresh stream of its own from the seed, rank and step
+            if saved is not None:
+                notes.append(f"the checkpoint's random stream was drawn on another kind of device than {self.generator.device.type}; "
+                             "it restarts from the seed and step, so the run goes on but will not match an uninterrupted one bit for bit")
             torch.manual_seed(stream_seed(self.seed, self.rank, self.step))
             self.generator.manual_seed(stream_seed(self.seed, self.rank, self.step))
         if "rng/cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng/cuda"])
+        return notes
 
 
 def stream_seed(seed: int, rank: int, step: int = 0) -> int:

@@ -28,6 +28,12 @@ TINY = ["--steps", "300", "-o", "network.width=32", "-o", "network.depth=2", "-o
         "-o", "data.n=5000", "--batch-size", "256", "--checkpoint-every", "100"]
 
 
+def on_pythonpath(*paths: Path) -> dict:
+    """An environment that puts ``paths`` first on PYTHONPATH and keeps what was there (where the
+    dependencies themselves come from PYTHONPATH, replacing it would lose them)."""
+    return {"PYTHONPATH": os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def cli(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `ddpmctl ARGS` in a fresh process, as a user would."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DDPMCTL_")}

@@ -95,3 +95,26 @@ def test_old_checkpoints_are_pruned(tmp_path):
     for step in range(1, 6):
         run.save_checkpoint(step, tensors(), {}, keep=2)
     assert [s for s, _ in run.checkpoints()] == [4, 5]
+
+
+def test_a_random_stream_from_another_kind_of_device_restarts_from_the_seed_and_says_so():
+    """A CUDA generator's Philox state cannot continue a CPU generator's Mersenne Twister stream
+    (nor the reverse): resuming a run moved between CPU and GPU reseeds from (seed, rank, step)
+    and says so; on the same kind of device the stream goes on exactly, without a note."""
+    from ddpmctl.training import LoopConfig, make_state, stream_seed
+
+    cfg, cpu = LoopConfig(steps=1, batch_size=4, lr=1e-3), torch.device("cpu")
+    saved_state = make_state(torch.nn.Linear(2, 2), cfg, cpu, seed=3)
+    torch.randint(0, 10, (5,), generator=saved_state.generator)  # move the stream on from its seed
+    tensors, meta = saved_state.tensors()
+    meta = {**meta, "step": 7}
+
+    same = make_state(torch.nn.Linear(2, 2), cfg, cpu, seed=3)
+    assert same.restore(dict(tensors), meta) == []
+    assert torch.equal(same.generator.get_state(), saved_state.generator.get_state())
+
+    tensors["rng/generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's (seed, offset)
+    moved = make_state(torch.nn.Linear(2, 2), cfg, cpu, seed=3)
+    notes = moved.restore(tensors, meta)
+    assert len(notes) == 1 and "another kind of device than cpu" in notes[0]
+    assert torch.equal(moved.generator.get_state(), torch.Generator().manual_seed(stream_seed(3, 0, 7)).get_state())

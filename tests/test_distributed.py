@@ -79,7 +79,7 @@ def test_torchrun_run_resumes_in_one_process(tmp_path):
     env.update(ONE_THREAD, COLUMNS="200", PYTHONUNBUFFERED="1")
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "ddpmctl", "train", *TINY_2D, "--steps", "60", "--name", "ddp", "--runs-dir", str(runs)],
+         "-m", "ddpmctl", "train", *TINY_2D, "--steps", "60", "--device", "cpu", "--name", "ddp", "--runs-dir", str(runs)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
     )
     assert_ok(r)

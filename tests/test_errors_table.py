@@ -72,7 +72,7 @@ def cases(p: dict) -> list[tuple[str, list[str], dict]]:
         ("config file that is not TOML", ["train", "--config", str(t / "broken.toml")], {}),
         ("unknown environment variable", ["train"], {"DDPMCTL_STEPZ": "3"}),
         ("class conditioning on data without labels", ["train", "--data", "swissroll", "--cond", "class"], {}),
-        ("CUDA asked for, none present", ["train", "--device", "cuda"], {}),
+        ("CUDA asked for, none present", ["train", "--device", "cuda"], {"CUDA_VISIBLE_DEVICES": ""}),
         ("unknown device", ["train", "--device", "tpu"], {}),
         ("digit outside 0-9", ["train", "--data", "mnist16", "--digits", "12"], empty_data),
         ("MNIST not downloaded", ["train", "--data", "mnist16", "--digits", "0"], empty_data),

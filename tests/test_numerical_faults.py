@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_clean_error, assert_ok, cli
+from tests.conftest import assert_clean_error, assert_ok, cli, on_pythonpath
 
 NAN_MODULE = '''
 import torch
@@ -66,7 +66,7 @@ def nanplug(tmp_path):
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(nanplug, tmp_path):
-    env = {**ENV, "PYTHONPATH": str(nanplug)}
+    env = {**ENV, **on_pythonpath(nanplug)}
     runs = tmp_path / "runs"
     r = cli("train", *SMALL, "--network", "nan-mlp", "-o", "network.nan_at=[23]", "--name", "r", "--runs-dir", runs, env=env)
     msg = assert_clean_error(r, "step 23", "learning rate")
@@ -82,7 +82,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
 
 
 def test_skip_drops_only_the_bad_steps_and_leaves_the_weights_finite(nanplug, tmp_path):
-    env = {**ENV, "PYTHONPATH": str(nanplug)}
+    env = {**ENV, **on_pythonpath(nanplug)}
     runs = tmp_path / "runs"
     r = cli("train", *SMALL, "--network", "nan-mlp", "-o", "network.nan_at=[7,8,31]", "--on-nonfinite", "skip",
             "--name", "r", "--runs-dir", runs, env=env)
@@ -97,7 +97,7 @@ def test_skip_drops_only_the_bad_steps_and_leaves_the_weights_finite(nanplug, tm
 
 
 def test_too_many_bad_steps_in_a_row_stop_even_when_skipping(nanplug, tmp_path):
-    env = {**ENV, "PYTHONPATH": str(nanplug)}
+    env = {**ENV, **on_pythonpath(nanplug)}
     bad = json.dumps(list(range(5, 40)))
     r = cli("train", *SMALL, "--network", "nan-mlp", "-o", f"network.nan_at={bad}", "--on-nonfinite", "skip",
             "--name", "r", "--runs-dir", tmp_path / "runs", env=env)
@@ -105,7 +105,7 @@ def test_too_many_bad_steps_in_a_row_stop_even_when_skipping(nanplug, tmp_path):
 
 
 def test_loading_a_checkpoint_says_which_plugin_versions_changed(nanplug, tmp_path):
-    env = {**ENV, "PYTHONPATH": str(nanplug)}
+    env = {**ENV, **on_pythonpath(nanplug)}
     runs = tmp_path / "runs"
     assert_ok(cli("train", *SMALL, "--network", "nan-mlp", "--steps", "10", "--name", "r", "--runs-dir", runs, env=env))
     same = cli("sample", runs / "r", "--n", "16", "--steps", "5", env=env)

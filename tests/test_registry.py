@@ -8,7 +8,7 @@ import pytest
 
 from ddpmctl import registry
 from ddpmctl.errors import OptionsError, UnknownNameError
-from tests.conftest import assert_clean_error, assert_ok, cli
+from tests.conftest import assert_clean_error, assert_ok, cli, on_pythonpath
 
 BUILTINS = {
     "dataset": {"8gaussians", "gaussian-mixture", "moons", "swissroll", "spiral", "checkerboard", "circles"},
@@ -114,7 +114,7 @@ def fake_plugin(tmp_path):
 
 
 def test_a_third_party_plugin_is_used_through_the_cli(fake_plugin, tmp_path):
-    env = {"PYTHONPATH": str(fake_plugin)}
+    env = on_pythonpath(fake_plugin)
     listing = cli("plugins", "list", env=env)
     assert_ok(listing)
     rows = {line.split("│")[2].strip(): line for line in listing.stdout.splitlines() if line.count("│") >= 5}

@@ -240,7 +240,7 @@ def speed(
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats; the median is reported.")] = 3,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training and sampling batch (default: each model's training default).")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile ddpmctl's network (training and sampling).")] = False,
-    precision: Annotated[str, typer.Option(help="auto (training in bf16 where `ddpmctl train` would use it: CUDA GPUs that support it, image models on CPUs with AMX; sampling in float32), fp32 or bf16 (training and sampling); both sides alike.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (training in bf16 where `ddpmctl train` would use it: image models on CPUs with AMX; sampling in float32), fp32 or bf16 (training and sampling); both sides alike.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
@@ -252,8 +252,8 @@ def speed(
     settings = bench_speed.Settings(train_steps=train_steps, nfe=nfe, repeats=repeats, batch_size=batch_size,
                                     compile=compile, precision=precision, vs=vs)
     bench_speed.check(models, settings)
-    if vs and any(bench_speed.MODELS[m]["kind"] != "images" for m in models):
-        skipped = [m for m in models if bench_speed.MODELS[m]["kind"] != "images"]
+    skipped = [m for m in models if not bench_speed.has_counterpart(m)]
+    if vs and skipped:
         console.print(f"[yellow]note:[/yellow] diffusers has no counterpart of {', '.join(skipped)}; timing ddpmctl alone there.")
     set_threads(threads)
     dev = pick_device(device)
@@ -261,7 +261,7 @@ def speed(
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("speed", total=len(models))
         for m in models:
-            s = dataclasses.replace(settings, vs=vs if bench_speed.MODELS[m]["kind"] == "images" else None)
+            s = dataclasses.replace(settings, vs=vs if bench_speed.has_counterpart(m) else None)
             results.append(bench_speed.measure(m, s, dev, tick=lambda d: bar.update(task, description=d)))
             bar.advance(task)
     env = bench_speed.environment(dev)

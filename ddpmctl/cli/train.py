@@ -51,7 +51,7 @@ def train(
     on_nonfinite: Annotated[Optional[str], typer.Option(help="stop (default): a NaN/inf loss or gradient ends the run, keeping the last good checkpoint; skip: drop that step and go on.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads of each process (default: torch's, or the cores divided among the processes of a torchrun launch).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Run the network through torch.compile: a slow first step, then faster ones.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA GPUs that support it and, for images, on CPUs with AMX; else float32), fp32 or bf16.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast for images on CPUs with AMX; else float32, with TF32 on CUDA), fp32 or bf16.")] = None,
 ):
     """Train a diffusion model; writes runs/<name>/ with config, checkpoints, metrics and plots."""
     opts = parse_options(option, kinds=("data", "network", "schedule", "process", "method", "eval"))
