@@ -42,13 +42,18 @@ def variant(run: Path) -> str:
     return f"{run.parent.name}: {cell or 'defaults'}"
 
 
-def score_run(run: Path, n: int, sampler: str, steps: int) -> dict:
+def score_run(run: Path, n: int, sampler: str, steps: int, guidance: float) -> dict:
     stop = json.loads((run / "stop.json").read_text())
     r = ddpmctl.Run.load(run, device="cpu")
     row = {"run": str(run), "variant": variant(run), "seed": r.config.seed, "network": r.config.network,
            "network_options": r.config.network_options, "parameters": sum(p.numel() for p in r.model.net.parameters()),
            "step": stop["step"], "train_seconds": stop["time"], "stopped_by": stop["reason"]}
-    row.update(image_scores(r, steps, sampler, n))
+    if r.num_classes:
+        labels = r.labels(n, per_class=n // r.num_classes)
+        row.update(image_scores(r, steps, sampler, len(labels), labels=labels, guidance=guidance), guidance=guidance)
+        row["min_class_accuracy"] = min(row["per_class"].values())
+    else:
+        row.update(image_scores(r, steps, sampler, n))
     row["sample_images_per_s"] = images_per_second(r, sampler, steps)
     return row
 
@@ -57,7 +62,7 @@ def markdown(rows: list[dict]) -> str:
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["variant"], []).append(row)
-    lines = ["| variant | parameters | seeds | steps | training s | classifier FID (each seed) | mean | floor | zeros | sample images/s |",
+    lines = ["| variant | parameters | seeds | steps | training s | classifier FID (each seed) | mean | floor | zeros (conditional: lowest class accuracy) | sample images/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, g in groups.items():
         g = sorted(g, key=lambda r: r["seed"])
@@ -65,7 +70,7 @@ def markdown(rows: list[dict]) -> str:
         steps, seconds = "/".join(str(r["step"]) for r in g), "/".join(f"{r['train_seconds']:.0f}" for r in g)
         lines.append(f"| {name} | {g[0]['parameters'] / 1e6:.2f} M | {len(g)} | {steps} | {seconds} | {' / '.join(f'{f:.2f}' for f in fids)} | "
                      f"**{statistics.mean(fids):.2f}** | {g[0]['classifier-fid floor']:.2f} | "
-                     f"{statistics.mean(r['zeros'] for r in g):.1%} | {statistics.mean(r['sample_images_per_s'] for r in g):.0f} |")
+                     f"{statistics.mean(r.get('zeros', r.get('min_class_accuracy', 0)) for r in g):.1%} | {statistics.mean(r['sample_images_per_s'] for r in g):.0f} |")
     return "\n".join(lines)
 
 
@@ -75,6 +80,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=980, help="samples per score (980: every held-out zero)")
     p.add_argument("--sampler", default="heun")
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of conditional runs")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/architectures/scores.json"))
     args = p.parse_args()
@@ -85,10 +91,10 @@ def main() -> None:
         for run in runs_of(sweep):
             step = json.loads((run / "stop.json").read_text())["step"]
             row = done.get(str(run))
-            how = {"n": args.n, "sampler": args.sampler, "steps": args.steps}
-            if row is None or row["step"] != step or any(row.get(k) != v for k, v in how.items()):
+            how = {"n": args.n, "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance}
+            if row is None or row["step"] != step or any(row.get(k, v) != v for k, v in how.items()):  # rows written before a key existed match it
                 print(f"scoring {run} (step {step}, n = {args.n}, {args.sampler} {args.steps} steps)", flush=True)
-                row = {**score_run(run, args.n, args.sampler, args.steps), **how}
+                row = {**score_run(run, args.n, args.sampler, args.steps, args.guidance), **how}
                 done[str(run)] = row
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(list(done.values()), indent=2))
