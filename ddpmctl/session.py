@@ -230,7 +230,7 @@ class Session:
         except (RuntimeError, KeyError) as exc:
             raise ConfigError(f"checkpoint {path} does not fit the network of this config ({str(exc).splitlines()[0]}).") from None
         for msg in notes:
-            self.events.note(msg + ".", "warning")
+            self.events.note(msg, "warning")
         if self.world.main:
             run.truncate_metrics(self.state.step)
             run.write_record(RunRecord(s, run.record.data, run.record.plugins, run.record.versions, run.record.parameters))

@@ -11,12 +11,14 @@ and raises AssertionError naming the broken promise. Use them from pytest:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from ddpmctl import registry
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
+from ddpmctl.errors import OptionsError
 from ddpmctl.metrics.base import MetricResult
 from ddpmctl.schedules import Schedule
 
@@ -65,6 +67,22 @@ def wake(net: torch.nn.Module) -> torch.nn.Module:
             if not p.any():
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     return net.eval()
+
+
+def refusals(*makers: Callable[[], object], error: type[Exception] = OptionsError) -> list[str]:
+    """The messages of ``makers`` that must each refuse (bad options or data for a plugin), checked
+    to be ``error`` and one sentence on one line, as users get them."""
+    messages = []
+    for make in makers:
+        try:
+            make()
+        except error as exc:
+            messages.append(str(exc))
+        else:
+            raise AssertionError(f"refusal {len(messages) + 1} of {len(makers)} raised nothing; expected {error.__name__}")
+    for m in messages:
+        assert m.endswith(".") and m.count(". ") == 0 and "\n" not in m, f"not one sentence: {m!r}"
+    return messages
 
 
 def check_network_contract(name: str, options: dict | None = None, data_shape=(2,), num_classes: int = 3) -> None:

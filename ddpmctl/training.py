@@ -82,7 +82,7 @@ class TrainState:
         return tensors, {"optimizer": optim_meta}
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> list[str]:
-        """Put the saved state back; returns notes for the user (a stream that could not go on)."""
+        """Put the saved state back; returns notes for the user, one sentence each (a stream that could not go on)."""
         self.net.load_state_dict(checkpoint.split(tensors, "model"))
         self.ema.load_state_dict(checkpoint.split(tensors, "ema"))
         self.optimizer.load_state_dict(checkpoint.optimizer_state(tensors, meta["optimizer"]))
@@ -97,7 +97,7 @@ class TrainState:
             # states cannot stand for each other): a fresh stream of its own from the seed, rank and step
             if saved is not None:
                 notes.append(f"the checkpoint's random stream was drawn on another kind of device than {self.generator.device.type}; "
-                             "it restarts from the seed and step, so the run goes on but will not match an uninterrupted one bit for bit")
+                             "it restarts from the seed and step, so the run goes on but will not match an uninterrupted one bit for bit.")
             torch.manual_seed(stream_seed(self.seed, self.rank, self.step))
             self.generator.manual_seed(stream_seed(self.seed, self.rank, self.step))
         if "rng/cuda" in tensors and torch.cuda.is_available():
