@@ -15,6 +15,7 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {"train": "ddpmctl.api", "distill": "ddpmctl.api", "sweep": "ddpmctl.api", "Run": "ddpmctl.api", "Evaluation": "ddpmctl.api", "load_dataset": "ddpmctl.api",
+        "train_autoencoder": "ddpmctl.api", "load_autoencoder": "ddpmctl.api", "evaluate_autoencoder": "ddpmctl.api", "Autoencoder": "ddpmctl.latent",
         "Samples": "ddpmctl.samples", "Events": "ddpmctl.events", "Printer": "ddpmctl.events",
         "TrainSettings": "ddpmctl.config", "RunRecord": "ddpmctl.record", "DdpmctlError": "ddpmctl.errors"}
 __all__ = ["__version__", *_API]

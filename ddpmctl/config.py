@@ -88,6 +88,7 @@ class TrainSettings(_Base):
     runs_dir: Path = Field(Path("runs"), description="where run directories are made")
     name: Optional[str] = Field(None, description="run name (default: <data>-<date>-<time>)")
     data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")
+    latent: Optional[Path] = Field(None, description="an autoencoder run (`ddpmctl autoencoder train`): train on its latents of the data (latent diffusion, Rombach et al. 2022); samples are decoded to images")
 
     @field_validator("until_metric", mode="before")
     @classmethod
@@ -102,6 +103,52 @@ class TrainSettings(_Base):
         return None if v is None else parse_duration(v)
 
 
+AE_ENV_PREFIX = ENV_PREFIX + "AE_"
+
+
+class AutoencoderSettings(_Base):
+    """Everything `ddpmctl autoencoder train` needs: the KL-regularised autoencoder of latent
+    diffusion (Rombach et al. 2022), trained with an L1 or L2 reconstruction loss plus
+    ``kl_weight`` times the KL divergence of q(z | x) from N(0, I). Environment: DDPMCTL_AE_*."""
+
+    model_config = SettingsConfigDict(env_prefix=AE_ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True)
+
+    data: str = Field("fashion-mnist", description="dataset plugin name (images)")
+    data_options: dict[str, Any] = Field(default_factory=dict, description="options of the dataset plugin (for example size = 32)")
+    autoencoder: str = Field("kl", description="autoencoder plugin name")
+    autoencoder_options: dict[str, Any] = Field(default_factory=dict, description="options of the autoencoder plugin (channels, channel_mult, latent_channels, ...)")
+    loss: Literal["l1", "l2"] = Field("l1", description="reconstruction loss per pixel: l1 (as the paper) or l2")
+    kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term per latent value against the per-pixel reconstruction loss (the paper's KL-f4: 1e-6)")
+    steps: int = Field(3000, ge=1, description="training iterations")
+    batch_size: int = Field(64, ge=1, description="images per iteration")
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
+    warmup: int = Field(100, ge=0, description="linear learning-rate warm-up, in iterations")
+    lr_decay: Literal["none", "cosine"] = Field("cosine", description="learning-rate decay after warm-up")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights used to encode and decode")
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
+    seed: int = Field(0, ge=0, description="seed of weights, batches and noise")
+    checkpoint_every: int = Field(500, ge=1, description="iterations between checkpoints")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept on disk")
+    log_every: int = Field(50, ge=1, description="iterations between loss records")
+    eval_n: int = Field(1000, ge=2, description="held-out images whose reconstruction MSE and PSNR are measured at each checkpoint")
+    max_time: Optional[float] = Field(None, ge=0, description="stop when the run's wall time reaches this many seconds; also 90s, 15m, 1h (0: no limit)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast in training (auto: bf16 on CPUs with AMX, else fp32)")
+    runs_dir: Path = Field(Path("runs"), description="where run directories are made")
+    name: Optional[str] = Field(None, description="run name (default: ae-<data>-<date>-<time>)")
+    data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return None if v is None else parse_duration(v)
+
+
+# Keys of an autoencoder run that may change when it is resumed.
+AE_RESUMABLE = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_n", "max_time", "device", "threads", "precision", "runs_dir", "name", "data_dir"}
+
+
 PHASE_DEFAULTS = {
     # process: EDM has the best phase-2 quality from 7.5 minutes of training on (issue 15,
     # docs/benchmarks.md); on 2-D data ddpm meets issue 2's bar on every dataset.
@@ -110,6 +157,7 @@ PHASE_DEFAULTS = {
     "images": {"process": "edm", "network": "unet", "steps": 2500, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 500, "sample_every": 500,
                "eval_n": 256, "eval_steps": 25},
 }
+PHASE_DEFAULTS["latents"] = PHASE_DEFAULTS["images"]  # a latent run (latent.py): the image defaults, on the autoencoder's latents
 
 # Keys that may change when a run is resumed; any other difference is an incompatible config.
 RESUMABLE = {"steps", "on_nonfinite", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "device", "runs_dir", "name", "data_dir"}
@@ -164,10 +212,12 @@ def saved(cls: type[_Base], values: dict) -> _Base:
 
 def check_env(cls: type[_Base]) -> None:
     """Unknown DDPMCTL_* variables are errors too (a typo would otherwise be silently ignored)."""
-    known = {ENV_PREFIX + f.upper() for f in cls.model_fields} | {ENV_PREFIX + "DEBUG"}
+    prefix = cls.model_config["env_prefix"]
+    known = {prefix + f.upper() for f in cls.model_fields} | {ENV_PREFIX + "DEBUG"}
+    others = {AE_ENV_PREFIX} - {prefix}  # the variables of another command's settings
     for var in os.environ:
-        if var.startswith(ENV_PREFIX) and var.split("__")[0] not in known and var not in GLOBAL_ENV:
-            fields = ", ".join(sorted(ENV_PREFIX + f.upper() for f in cls.model_fields))
+        if var.startswith(prefix) and not any(var.startswith(o) for o in others) and var.split("__")[0] not in known and var not in GLOBAL_ENV:
+            fields = ", ".join(sorted(prefix + f.upper() for f in cls.model_fields))
             raise ConfigError(f"unknown environment variable {var}; known: {fields}.")
 
 

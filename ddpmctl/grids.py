@@ -10,6 +10,7 @@ A class-conditional model gets one row per class (the first ten classes at most)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,9 +28,11 @@ def preview_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def preview(den: Denoiser, data_shape: tuple[int, ...], path: Path, n: int = 64, steps: int = 50, seed: int = 0, sampler: str = "ddpm") -> Path:
+def preview(den: Denoiser, data_shape: tuple[int, ...], path: Path, n: int = 64, steps: int = 50, seed: int = 0, sampler: str = "ddpm",
+            decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> Path:
     """Save a grid of samples of the denoiser ``den`` (its network kept in its current mode: use
-    the EMA copy, in eval): each class's row for a conditional model."""
+    the EMA copy, in eval): each class's row for a conditional model. ``data_shape`` is what the
+    network denoises; ``decode`` turns it into images (a latent model's autoencoder)."""
     from ddpmctl import plots
 
     device = next(den.net.parameters()).device
@@ -43,7 +46,7 @@ def preview(den: Denoiser, data_shape: tuple[int, ...], path: Path, n: int = 64,
     x_T = randn((n, *data_shape), g, device)
     fn, opts = registry.resolve("sampler", sampler, None)
     x0, _ = fn(den, x_T, min(steps, den.process.max_steps), g, None, y, **opts.model_dump())
-    return plots.image_grid(x0.float().cpu(), path, nrow=nrow)
+    return plots.image_grid(decode(x0).float().cpu(), path, nrow=nrow)
 
 
 FEW_STEP_ROWS = (1, 2, 4)  # the step counts of a few-step model's picture
@@ -71,8 +74,8 @@ def few_step_picture(model, path: Path, teacher=None, seed: int = 0, n: int = 12
 
     if model.data.kind != "points":
         y = torch.arange(16, device=device) % model.num_classes if model.num_classes else None
-        x_T = randn((16, *model.data.shape), torch.Generator(device=device).manual_seed(seed), device)
-        rows = [(f"{k} step{'s' * (k > 1)}", sample(den, x_T, k, y=y).float().cpu()) for k in FEW_STEP_ROWS]
+        x_T = randn((16, *model.shape), torch.Generator(device=device).manual_seed(seed), device)
+        rows = [(f"{k} step{'s' * (k > 1)}", model.decode(sample(den, x_T, k, y=y)).float().cpu()) for k in FEW_STEP_ROWS]
         return plots.image_rows(rows, path, title=f"{name}: the same noise in 1, 2 and 4 steps")
     x_T = randn((n, *model.data.shape), torch.Generator(device=device).manual_seed(seed), device)
     ends = sample(den, x_T, 1)

@@ -19,7 +19,8 @@ from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
 from ddpmctl.devices import channels_last_pays, pick_device
-from ddpmctl.errors import ConfigError, DataError, DdpmctlError, UnknownNameError
+from ddpmctl.errors import ConfigError, DataError, DdpmctlError, RunError, UnknownNameError
+from ddpmctl.latent import COPY_NAME, Autoencoder
 from ddpmctl.methods import Method
 from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, PluginInfo, RunRecord
@@ -138,7 +139,8 @@ def check_method(s: TrainSettings) -> None:
 
 
 # What a run distilled from a teacher keeps of it: the same data, network and process.
-INHERITED = ("data", "data_options", "network", "network_options", "process", "process_options", "schedule", "schedule_options", "prediction", "cond", "learn_sigma")
+INHERITED = ("data", "data_options", "network", "network_options", "process", "process_options", "schedule", "schedule_options", "prediction", "cond", "learn_sigma",
+             "latent")
 
 
 def check_teacher(s: TrainSettings) -> None:
@@ -181,6 +183,16 @@ class Model:
     _dataset: Optional[Dataset] = field(default=None, repr=False)
     changes: list[str] = field(default_factory=list)  # provenance: what differs from when the checkpoint was written
     method: Optional[Method] = None  # a few-step model's method (methods.py)
+    autoencoder: Optional[Autoencoder] = None  # a latent model's: samples are decoded to images
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """What the network denoises: the latents of a latent model, else the data."""
+        return self.record.model_shape
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images from what the sampler returns: the autoencoder's decoding of latents, else ``x``."""
+        return x if self.autoencoder is None else self.autoencoder.decode(x)
 
     @property
     def default_sampler(self) -> str:
@@ -201,9 +213,11 @@ class Model:
 
     def default_clip(self) -> float | None:
         """Where x0_hat is clamped unless asked otherwise: [-1, 1] for images (as DDPM's
-        clip_denoised), 1.25 x the largest |coordinate| of the training data for 2-D points.
-        Near t = T an eps-prediction error is multiplied by 1 / sqrt(alpha_bar_t) (about 160
+        clip_denoised), 1.25 x the largest |coordinate| of the training data for 2-D points,
+        none for latents (they have no fixed range). Near t = T an eps-prediction error is multiplied by 1 / sqrt(alpha_bar_t) (about 160
         for the linear schedule), so an unclamped x0_hat can land far outside the data."""
+        if self.autoencoder is not None:
+            return None
         if self.data.kind == "images":
             return 1.0
         absmax = self.data.absmax
@@ -235,7 +249,8 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
     run = RunDir.open(path)
     record = run.record
     dev = pick_device(device)
-    net = build_network(record.config, record.data.shape, record.data.num_classes)
+    autoencoder = load_copy(run, record.latent.content_sha256, dev) if record.latent is not None else None
+    net = build_network(record.config, record.model_shape, record.data.num_classes)
     tensors, meta, _, _ = run.load_checkpoint(checkpoint)
     net.load_state_dict(split(tensors, "ema"))
     net = net.to(dev).eval().requires_grad_(False)
@@ -243,7 +258,16 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
         net = net.to(memory_format=torch.channels_last)
     if compile:
         net = torch.compile(net)
-    return Model(run, record, net, build_process(record.config), int(meta["step"]), dev, changes=provenance_changes(meta), method=build_method(record.config))
+    return Model(run, record, net, build_process(record.config), int(meta["step"]), dev, changes=provenance_changes(meta), method=build_method(record.config),
+                 autoencoder=autoencoder)
+
+
+def load_copy(run: RunDir, content_sha256: str, device: torch.device) -> Autoencoder:
+    """A latent run's copy of its autoencoder, checked against the weights its record names."""
+    ae = Autoencoder.from_file(run.path / COPY_NAME, device)
+    if ae.content_sha256 != content_sha256:
+        raise RunError(f"{run.path / COPY_NAME} holds other weights than the autoencoder this run was trained on; restore the file or train the run again.")
+    return ae
 
 
 def provenance_changes(meta: dict) -> list[str]:
@@ -305,15 +329,15 @@ def sample(
         gens = block_generators(seed, start, b, model.device)
         # Each block generator yields whole blocks; a last partial block uses its first rows.
         pad = len(gens) * NOISE_BLOCK - b
-        x_T = randn((b + pad, *model.data.shape), gens, model.device)
+        x_T = randn((b + pad, *model.shape), gens, model.device)
         y = None
         if labels is not None:
             y = labels[start : start + b].to(model.device)
             y = torch.cat([y, y[:1].expand(pad)]) if pad else y
         den = model.denoiser(guidance, clip_x0, dynamic_threshold)
         with torch.inference_mode():
-            x0, used = fn(den, x_T, steps, gens, callback if start == 0 else None, y, **opts.model_dump())
-        out.append(x0[:b].float().cpu())
+            x0, used = fn(den, x_T, steps, gens, decoded(model, callback) if start == 0 else None, y, **opts.model_dump())
+            out.append(model.decode(x0[:b]).float().cpu())
         nfe = used
         clipped += den.clip_count
         seen += den.x0_count
@@ -326,6 +350,13 @@ def sample(
         "checkpoint_step": model.step,
     }
     return torch.cat(out), record
+
+
+def decoded(model: Model, callback: Callable | None) -> Callable | None:
+    """A latent model's trajectory callback sees images: x_t and x0_hat of the first 8 samples, decoded."""
+    if callback is None or model.autoencoder is None:
+        return callback
+    return lambda i, S, sigma, x_t, x0_hat: callback(i, S, sigma, model.decode(x_t[:8]), model.decode(x0_hat[:8]))
 
 
 def versions() -> dict[str, str]:

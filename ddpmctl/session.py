@@ -14,6 +14,7 @@ Under torchrun every process runs a session; rank 0 alone writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -31,8 +32,9 @@ from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_thre
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.events import Events
 from ddpmctl.grids import few_step_picture, preview
+from ddpmctl.latent import COPY_NAME, Autoencoder, latent_dataset
 from ddpmctl.methods import Method
-from ddpmctl.pipeline import (Model, build_dataset, build_method, build_network, build_process, check_method, check_process, check_teacher, load_model, INHERITED,
+from ddpmctl.pipeline import (Model, build_dataset, build_method, build_network, build_process, check_method, check_process, check_teacher, load_copy, load_model, INHERITED,
                               plugin_record, provenance_changes, resolve, run_name, start_from, versions)
 from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, RunRecord
@@ -57,7 +59,7 @@ def objective(s: TrainSettings, ds: Dataset, process: Process, method: Optional[
     if method is not None:
         return method.loss(process, p_uncond, ds.num_classes, teacher, s.steps)
     gamma = s.snr_gamma if s.loss_weighting == "min-snr" else None
-    # L_vlb's t = 1 term with a learned variance: discretized for 8-bit images, a density for points.
+    # L_vlb's t = 1 term with a learned variance: discretized for 8-bit images, a density for points and latents.
     decoder = "discretized" if ds.kind == "images" else "gaussian"
     return process.loss(p_uncond, ds.num_classes, learn_sigma=s.learn_sigma, vlb_weight=s.vlb_weight, decoder=decoder, snr_gamma=gamma)
 
@@ -123,6 +125,17 @@ def check_resolved(s: TrainSettings, ds: Dataset) -> TrainSettings:
     return s
 
 
+def latent_autoencoder(s: TrainSettings, run: Optional[RunDir], device: torch.device) -> Optional[Autoencoder]:
+    """The autoencoder of a latent run: from the ``latent`` directory for a new run, from the run's
+    own copy when it is resumed (so it encodes the data as it did); None for a pixel run."""
+    if s.latent is None:
+        return None
+    for source in (run, RunDir.open(s.teacher) if s.teacher is not None else None):  # a resumed run's copy, or its teacher's
+        if source is not None and source.record.latent is not None:
+            return load_copy(source, source.record.latent.content_sha256, device)
+    return Autoencoder.load(s.latent, device)
+
+
 @dataclass
 class Outcome:
     """How a session ended: ``reason`` is steps, interrupted, until-loss, until-metric or max-time."""
@@ -136,23 +149,28 @@ class Outcome:
 
 
 class Session:
-    """One process's part of training a run; build it with ``Session.prepare``."""
+    """One process's part of training a run; build it with ``Session.prepare``. ``ds`` is the
+    data the run is judged on; ``train_ds`` what the network learns: ``ds`` itself, or its
+    latents under ``autoencoder`` (latent.py)."""
 
-    def __init__(self, s: TrainSettings, run: Optional[RunDir], ds: Dataset, world: distributed.World, device: torch.device, events: Events):
+    def __init__(self, s: TrainSettings, run: Optional[RunDir], ds: Dataset, world: distributed.World, device: torch.device, events: Events,
+                 autoencoder: Optional[Autoencoder] = None, train_ds: Optional[Dataset] = None):
         self.s, self.run_dir, self.ds, self.world, self.device, self.events = s, run, ds, world, device, events
+        self.autoencoder, self.train_ds = autoencoder, train_ds or ds
         self.watch = convergence.watch(s, ds)  # evaluations and stop criteria, checked before anything is trained
         self.rank_batch = distributed.rank_batch(s.batch_size, world)  # the global batch, split among processes
         self.device = distributed.init(world, device)  # joins the process group; cuda:LOCAL_RANK on CUDA
         fast_math(self.device)
         torch.manual_seed(s.seed)
-        self.net = build_network(s, ds.shape, ds.num_classes)
+        self.net = build_network(s, self.train_ds.shape, ds.num_classes)
         self.process = build_process(s)
         self.method = build_method(s)
         self.teacher = self._teacher(run)
         self.loop = loop_config(s, self.rank_batch, use_bf16(s.precision, self.device, images=ds.kind == "images"))
         channels_last = ds.kind == "images" and channels_last_pays(self.device, training=True)
         self.state: TrainState = make_state(self.net, self.loop, self.device, s.seed, channels_last=channels_last, compile=s.compile)
-        self.record = RunRecord(s, DataInfo.of(ds), plugin_record(s), versions(), sum(p.numel() for p in self.net.parameters()))
+        self.record = RunRecord(s, DataInfo.of(ds), plugin_record(s), versions(), sum(p.numel() for p in self.net.parameters()),
+                                autoencoder.info() if autoencoder is not None else None)
         self.first: Optional[tuple[dict, Optional[torch.Tensor]]] = None  # an evaluation made before training
         self.offset = 0.0  # wall time of earlier sessions of this run
         self.status, self.quality = "", ""  # what the progress shows: rate and loss, the latest evaluation
@@ -183,14 +201,17 @@ class Session:
         set_threads(s.threads, world.local_size)
         device = pick_device(s.device)
         ds = build_dataset(s.data, s.data_options)
-        s = check_resolved(s, ds)
-        session = cls(s, run, ds, world, device, events or Events())
+        autoencoder = latent_autoencoder(s, run, device)
+        train_ds = latent_dataset(autoencoder, ds) if autoencoder is not None else ds
+        s = check_resolved(s, train_ds)
+        session = cls(s, run, ds, world, device, events or Events(), autoencoder, train_ds)
         session._open()
         return session
 
     def model(self) -> Model:
         """The EMA weights now, as a model to sample (the evaluations score it)."""
-        return Model(self.run_dir, self.record, self.state.ema, self.process, self.state.step, self.device, _dataset=self.ds, method=self.method)
+        return Model(self.run_dir, self.record, self.state.ema, self.process, self.state.step, self.device, _dataset=self.ds, method=self.method,
+                     autoencoder=self.autoencoder)
 
     def _measure(self) -> tuple[dict, Optional[torch.Tensor]]:
         return self.watch.evaluator(self.model())
@@ -206,6 +227,8 @@ class Session:
             run.remove_partial_writes()  # temporary files of a process killed mid-write
         if run is None:  # rank 0 names and makes the run directory; the other ranks are told where it is
             made = RunDir.create(self.s.runs_dir / run_name(self.s), self.record) if main else None
+            if made is not None and self.autoencoder is not None:  # the run decodes its samples without the autoencoder's directory
+                self.autoencoder.save(made.path / COPY_NAME)
             self.run_dir = RunDir(Path(distributed.broadcast_text(str(made.path) if made else None)))
         elif not run.checkpoints():  # killed before its first checkpoint: start again from step 0
             if main:
@@ -233,7 +256,7 @@ class Session:
             self.events.note(msg, "warning")
         if self.world.main:
             run.truncate_metrics(self.state.step)
-            run.write_record(RunRecord(s, run.record.data, run.record.plugins, run.record.versions, run.record.parameters))
+            run.write_record(dataclasses.replace(run.record, config=s))
         if self.state.step >= s.steps:
             raise RunError(f"run {run.path} already reached step {self.state.step} of {s.steps}; pass a larger --steps to train further.")
         self.events.note(f"resuming {run.path} from {path.name} (step {self.state.step})")
@@ -258,7 +281,7 @@ class Session:
     def run(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
         """Train to the end, a stop criterion, or until ``stop()`` is true; write RUN/stop.json."""
         s, state, ds, run = self.s, self.state, self.ds, self.run_dir
-        x = ds.x.to(self.device)
+        x = self.train_ds.x.to(self.device)
         y = ds.y.to(self.device) if (s.cond == "class" and ds.y is not None) else None
         self.t0 = time.perf_counter()
         self.start_step = state.step
@@ -268,7 +291,7 @@ class Session:
             if self.first is not None:
                 self._log_eval({**self.first[0], "time": round(self.offset, 3)}, self.first[1])
             hooks = Hooks(log=self._log, checkpoint=self._save, progress=self._progress, stop=lambda: self._should_stop(stop))
-            why = train_loop(state, objective(s, ds, self.process, self.method, self.teacher), x, y, self.loop, hooks)
+            why = train_loop(state, objective(s, self.train_ds, self.process, self.method, self.teacher), x, y, self.loop, hooks)
             ended = time.perf_counter()  # before the plots
             if self.world.main and self.method is not None:
                 self._few_step_picture()
@@ -333,9 +356,10 @@ class Session:
             self.events.progress("train", step, s.steps, self.status)
         if self.world.main and s.sample_every and self.ds.kind == "images" and (step % s.sample_every == 0 or step == s.steps):
             # image runs: a fixed-seed sample grid of the EMA weights every sample_every steps
-            model = self.model()  # the plain conditional model, x0_hat clipped to [-1, 1]; a few-step model in one step
+            model = self.model()  # the plain conditional model, x0_hat clipped as it samples; a few-step model in one step
             steps, sampler = (1, "few-step") if self.method is not None else (50, "ddpm")
-            preview(model.denoiser(clip_x0=1.0), self.ds.shape, self.run_dir.path / "grids" / f"step-{step:08d}.png", steps=steps, seed=s.seed, sampler=sampler)
+            preview(model.denoiser(), model.shape, self.run_dir.path / "grids" / f"step-{step:08d}.png", steps=steps, seed=s.seed, sampler=sampler,
+                    decode=model.decode)
         if self.world.main and self.watch.every and (step % self.watch.every == 0 or step == s.steps):
             self._log_eval(*self._measure())
 

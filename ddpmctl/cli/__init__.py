@@ -38,6 +38,7 @@ def _root(
     _state["debug"] = debug or os.environ.get("DDPMCTL_DEBUG", "") not in ("", "0")
 
 
+from ddpmctl.cli import autoencoder as _autoencoder  # noqa: E402
 from ddpmctl.cli import bench as _bench  # noqa: E402
 from ddpmctl.cli import convergence as _convergence  # noqa: E402
 from ddpmctl.cli import data as _data  # noqa: E402
@@ -60,6 +61,7 @@ app.command("interpolate")(_interpolate.interpolate)
 app.command("plot")(_convergence.plot)
 app.command("compare")(_convergence.compare)
 app.command("sweep")(_sweep.sweep)
+app.add_typer(_autoencoder.app, name="autoencoder")
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def interpolate(
         raise OptionsError(f"unknown --spacing {spacing!r}; use auto, {', '.join(SPACINGS)}.")
     y1 = _label(model, class_)
     den = model.denoiser(clip_x0=clip)
-    shape = model.data.shape
+    shape = model.shape  # what the network denoises: a latent model's latents
     points = model.data.kind == "points"
     dest = model.run.path / "interpolate"
 
@@ -63,8 +63,9 @@ def interpolate(
             if not 0 <= k < len(ds):
                 raise OptionsError(f"--images index {k} is out of range; the dataset has {len(ds)} examples (0 to {len(ds) - 1}).")
         real = ds.x[[i, j]].to(model.device)
+        x0 = real if model.autoencoder is None else model.autoencoder.encode(real)  # a latent model inverts the images' latents
         y = None if y1 is None else y1.expand(2)
-        z = encode(den, real, steps, y, spacing, refine)  # (2, *shape)
+        z = encode(den, x0, steps, y, spacing, refine)  # (2, *shape)
         z0, z1, y = z[:1], z[1:], None if y1 is None else y1
         stem = f"images-{i}-{j}-{steps}steps"
     else:
@@ -77,7 +78,8 @@ def interpolate(
     if class_ is not None:
         stem += f"-class{class_}"
 
-    x = walk(den, z0, z1, frames, steps, y, spacing, few_step).float().cpu()  # (K, B, *shape)
+    x = walk(den, z0, z1, frames, steps, y, spacing, few_step)  # (K, B, *shape)
+    x = model.decode(x.flatten(0, 1)).unflatten(0, x.shape[:2]).float().cpu()  # (K, B, *image shape)
     path = out or dest / f"{stem}.png"
     from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 

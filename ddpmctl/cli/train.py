@@ -48,6 +48,7 @@ def train(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, process, method, eval (the --eval-metric) (repeatable).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (below env and flags).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory from its last good checkpoint.")] = None,
+    latent: Annotated[Optional[Path], typer.Option(help="Latent diffusion: train on the latents of this autoencoder run (`ddpmctl autoencoder train`); samples are decoded to images.")] = None,
     on_nonfinite: Annotated[Optional[str], typer.Option(help="stop (default): a NaN/inf loss or gradient ends the run, keeping the last good checkpoint; skip: drop that step and go on.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads of each process (default: torch's, or the cores divided among the processes of a torchrun launch).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Run the network through torch.compile: a slow first step, then faster ones.")] = None,
@@ -65,7 +66,7 @@ def train(
         process_options=opts["process"] or None, method=method, method_options=opts["method"] or None,
         eval_every=eval_every, eval_metric=eval_metric, eval_n=eval_n, eval_options=opts["eval"] or None,
         until_loss=until_loss, until_metric=until_metric, max_time=max_time,
-        threads=threads, compile=compile, precision=precision,
+        threads=threads, compile=compile, precision=precision, latent=latent,
     )
     if not distributed.world_from_env().main:
         console.quiet = True  # rank 0 alone prints, draws the progress bar and writes

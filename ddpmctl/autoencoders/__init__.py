@@ -1,0 +1,1 @@
+"""Autoencoders that map images to a smaller latent space for latent diffusion (plugin group ``ddpmctl.autoencoders``)."""
