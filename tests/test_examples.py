@@ -97,11 +97,17 @@ def test_mnist_phases_reproduce_their_figures_and_classifier_numbers(mnist_dir, 
     assert {f"accuracy[{k}]" for k in range(10)} <= accuracy["values"].keys()
 
 
-def test_phase4_reproduces_its_figures_memorisation_and_fid(tmp_path):
+def test_phase4_reproduces_its_figures_memorisation_and_fid_in_pixel_and_latent_space(tmp_path):
     if not (SHARED_DATA / "emoji32").is_dir():
         pytest.skip(f"the emoji32 images are not at {SHARED_DATA / 'emoji32'}")
-    run = reproduced("phase4-rgb32", "phase4-emoji32", ["phase4-data.png", "phase4-samples.png"], tmp_path, SMALL_UNET,
-                     n=16, steps=5, DDPMCTL_DATA_DIR=str(tmp_path / "data"))
-    fid = record(run, "fid")
-    assert fid["values"]["fid"] > fid["floor"]["fid"] > 0
-    assert record(run, "memorisation")["values"]
+    figures = ["phase4-data.png", "phase4-samples.png", "phase4-reconstructions.png", "phase4-latent-samples.png"]
+    run = reproduced("phase4-rgb32", "phase4-emoji32", figures, tmp_path, SMALL_UNET, n=16, steps=5, DDPMCTL_DATA_DIR=str(tmp_path / "data"),
+                     AE_ARGS="--steps 2 --batch-size 4 -o autoencoder.channels=8")
+    latent = tmp_path / "runs" / "phase4-emoji32-latent"
+    assert json.loads((latent / "config.json").read_text())["latent"]["shape"] == [4, 8, 8]
+    for r in (run, latent):
+        fid = record(r, "fid")
+        assert fid["values"]["fid"] > fid["floor"]["fid"] > 0
+        assert record(r, "memorisation")["values"]
+    recon = json.loads((tmp_path / "runs" / "phase4-emoji32-ae" / "eval" / "reconstruction-fid-n16.json").read_text())
+    assert recon["values"]["fid"] > recon["floor"]["fid"] > 0

@@ -148,3 +148,25 @@ def test_autoencoder_settings_refuse_bad_values_and_a_resume_with_other_settings
     assert_clean_error(cli_here("autoencoder", "train", "--resume", world["ae"], "--lr", "0.1", env=world["env"]), "cannot resume", "lr")
     assert_clean_error(cli_here("autoencoder", "train", *world["data"], "--runs-dir", tmp_path, env={**world["env"], "DDPMCTL_AE_STEP": "3"}),
                        "DDPMCTL_AE_STEP")
+
+
+def test_a_conditional_latent_run_guides_interpolates_and_benches_in_images(world, tmp_path):
+    """The autoencoder encodes any 3x8x8 data: here two classes of it, for a class-conditional latent run."""
+    for k, cls in enumerate(("a", "b")):
+        write_images(tmp_path / "imgs" / cls, 24, seed=10 + k)
+    env = world["env"]
+    data = ["--data", "imagefolder", "-o", f"data.root={tmp_path / 'imgs'}", "-o", "data.size=8", "-o", "data.held_out=0.25"]
+    assert_ok(cli_here("train", *data, "--cond", "class", "--latent", world["ae"], *TINY_LATENT, "--name", "cond", "--runs-dir", tmp_path, env=env))
+    run = tmp_path / "cond"
+    r = cli_here("sample", run, "--n", "4", "--class", "1", "--guidance", "2", "--steps", "3", "--sampler", "ddim", "--out", tmp_path / "s", env=env)
+    assert_ok(r)
+    with np.load(next((tmp_path / "s").glob("*.npz"))) as f:
+        assert f["samples"].shape == (4, 3, 8, 8) and set(f["labels"].tolist()) == {1}
+    assert_ok(cli_here("interpolate", run, "--seeds", "0,1", "--frames", "3", "--steps", "3", "--out", tmp_path / "seeds.png", env=env))
+    assert Image.open(tmp_path / "seeds.png").size[0] >= 3 * 8
+    r = cli_here("interpolate", run, "--images", "0,1", "--frames", "3", "--steps", "3", "--refine", "0", "--out", tmp_path / "images.png", env=env)
+    assert_ok(r)
+    assert "reconstruction of the two ends" in r.stdout
+    r = cli_here("bench", "quality", run, "--sampler", "ddim", "--steps", "2,3", "--n", "8", "--metric", "memorisation", "--reference", "ddim:3", env=env)
+    assert_ok(r)
+    assert list((run / "bench").glob("*.json"))

@@ -15,7 +15,7 @@ app = typer.Typer(help="List registered plugins and show their options.", no_arg
 
 
 @app.command("list")
-def list_(kind: Annotated[Optional[str], typer.Option(help="Only this kind: dataset, network, schedule, process, sampler or metric.")] = None):
+def list_(kind: Annotated[Optional[str], typer.Option(help="Only this kind: dataset, network, schedule, process, sampler, metric, method or autoencoder.")] = None):
     """List every plugin of every kind, with its distribution, version and whether it loads."""
     kinds = [_check_kind(kind)] if kind else list(registry.KINDS)
     table = Table(title="ddpmctl plugins")
