@@ -8,7 +8,8 @@ network and weights, preprocessing, dataset, split, size, seed and the images th
 so a cached file can never be stale. ``ref=PATH`` reuses a .npz of ``mu`` and ``sigma``.
 
 The machinery here (``Features``, ``real_stats``, ``compare``) is shared with the
-classifier-feature FID in ``classifier.py``.
+classifier-feature FID in ``classifier.py``; ``real_features`` caches the features of real
+images themselves (not their moments) under the same key, for KID and PRDC (``kid.py``, ``prdc.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ddpmctl.metrics.inception import Progress
 from ddpmctl.registry import PluginOptions, with_options
 
 STATS_FORMAT = "ddpmctl-feature-stats/1"
+FEATURES_FORMAT = "ddpmctl-features/1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,9 +196,9 @@ def stats_dir() -> Path:
     return config.data_dir() / "fid-stats"
 
 
-def real_stats(features: Features, dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int, progress: Progress = None, cache: bool = True) -> Stats:
-    """Statistics of real images, read from the cache when an identical computation was done before."""
-    x = real_images(dataset, split, n, seed)
+def real_record(features: Features, dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int, x: torch.Tensor) -> tuple[dict, str]:
+    """What features of the real images ``x`` depend on (feature network, dataset, split, size,
+    seed, the images' hash), as a cache file holds it, and the cache key hashed from it."""
     record = {
         "features": features.record,
         "dataset": dataset.name,
@@ -209,6 +211,13 @@ def real_stats(features: Features, dataset: Dataset, split: Literal["train", "he
     }
     record = json.loads(json.dumps(record, default=str))  # as the cache file will hold it
     key = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return record, key
+
+
+def real_stats(features: Features, dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int, progress: Progress = None, cache: bool = True) -> Stats:
+    """Statistics of real images, read from the cache when an identical computation was done before."""
+    x = real_images(dataset, split, n, seed)
+    record, key = real_record(features, dataset, split, n, seed, x)
     path = stats_dir() / f"{dataset.name}-{split}-n{n}-{features.name}-{key}.npz"
     if cache and path.is_file():
         try:
@@ -222,6 +231,62 @@ def real_stats(features: Features, dataset: Dataset, split: Literal["train", "he
     if cache:
         atomic_write_bytes(path, s.to_bytes())
     return s
+
+
+@dataclass
+class RealFeatures:
+    """The features (N, D) float64 of a set of real images, with the record of what made them."""
+
+    x: np.ndarray
+    record: dict
+    path: Optional[Path] = None
+    cached: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def to_bytes(self) -> bytes:
+        single = self.x.astype(np.float32)  # network features are float32: stored as such when nothing is lost
+        x = single if np.array_equal(single.astype(np.float64), self.x) else self.x
+        buf = io.BytesIO()
+        np.savez(buf, features=x, record=np.array(json.dumps(self.record)), format=np.array(FEATURES_FORMAT))
+        return buf.getvalue()
+
+
+def load_features(path: Path) -> RealFeatures:
+    """An .npz of ``features`` (N, D) as ``real_features`` writes it; never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["format"]) != FEATURES_FORMAT:
+                raise ValueError(f"format {str(f['format'])!r}")
+            x, record = f["features"].astype(np.float64), json.loads(str(f["record"]))
+    except (ValueError, KeyError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not an .npz of real-image features ({type(exc).__name__}: {exc}).") from None
+    if x.ndim != 2:
+        raise DataError(f"{path} holds features of shape {x.shape} where (N, D) is needed; delete it to recompute them.")
+    return RealFeatures(x, record, Path(path))
+
+
+def real_features(features: Features, dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int, progress: Progress = None, cache: bool = True) -> RealFeatures:
+    """Features of real images themselves (for metrics on the sets, not their moments: KID, PRDC),
+    cached beside the statistics of ``real_stats`` under the same key and read back when an
+    identical computation was done before."""
+    x = real_images(dataset, split, n, seed)
+    record, key = real_record(features, dataset, split, n, seed, x)
+    path = stats_dir() / f"{dataset.name}-{split}-n{n}-{features.name}-{key}.features.npz"
+    if cache and path.is_file():
+        try:
+            got = load_features(path)
+            if got.record == record and got.n == n:
+                got.cached = True
+                return got
+        except DataError:
+            pass  # a damaged cache file is recomputed and replaced
+    out = RealFeatures(np.asarray(features(x, progress, f"{features.name} features of {n} real images ({split})"), np.float64), record, path)
+    if cache:
+        atomic_write_bytes(path, out.to_bytes())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
