@@ -58,7 +58,8 @@ def test_round_trip_beats_the_psnr_bar_and_the_record_says_so(world, monkeypatch
     errors = reconstruction_errors(ae, held)
     assert errors["psnr"] >= PSNR_BAR, errors
     stop = json.loads((world["ae"] / "stop.json").read_text())
-    assert stop["step"] == AE_STEPS and stop["psnr"] == pytest.approx(errors["psnr"], abs=1e-6)  # the same weights, the same images
+    # the same weights and images; loaded, the network is channels-last, so the sums round differently
+    assert stop["step"] == AE_STEPS and stop["psnr"] == pytest.approx(errors["psnr"], abs=1e-3)
     untrained = Autoencoder(ae.record, ddpmctl.registry.build("autoencoder", "kl", ae.record.settings.autoencoder_options, data_shape=(3, 8, 8)).eval(),
                             1.0, "", "untrained")
     assert reconstruction_errors(untrained, held)["psnr"] < PSNR_BAR - 8
@@ -153,7 +154,7 @@ def test_autoencoder_settings_refuse_bad_values_and_a_resume_with_other_settings
 def test_a_conditional_latent_run_guides_interpolates_and_benches_in_images(world, tmp_path):
     """The autoencoder encodes any 3x8x8 data: here two classes of it, for a class-conditional latent run."""
     for k, cls in enumerate(("a", "b")):
-        write_images(tmp_path / "imgs" / cls, 24, seed=10 + k)
+        write_images(tmp_path / "imgs" / cls, 48, seed=10 + k)  # 24 held out: memorisation's threshold needs 20
     env = world["env"]
     data = ["--data", "imagefolder", "-o", f"data.root={tmp_path / 'imgs'}", "-o", "data.size=8", "-o", "data.held_out=0.25"]
     assert_ok(cli_here("train", *data, "--cond", "class", "--latent", world["ae"], *TINY_LATENT, "--name", "cond", "--runs-dir", tmp_path, env=env))
