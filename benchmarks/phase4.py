@@ -74,10 +74,10 @@ def seconds_per_step(train, out: Path, **settings) -> float:
 def train_for(seconds: float, out: Path, name: str, data: dict, **settings) -> tuple[ddpmctl.Run, float, int]:
     """A diffusion run whose schedule ends at ``seconds`` of training; returns it, its wall time and steps."""
     per_step = seconds_per_step(ddpmctl.train, out, **data, **settings, sample_every=0)
-    steps = max(100, int(seconds / per_step))
+    steps = max(100, int(0.97 * seconds / per_step))
     print(f"{name}: {per_step * 1000:.0f} ms a step -> {steps} steps in {seconds:.0f} s", flush=True)
-    run, took = timed(lambda: ddpmctl.train(**data, **settings, steps=steps, name=name, runs_dir=out, sample_every=0, max_time=seconds * 1.05))
-    return run, took, steps
+    run, took = timed(lambda: ddpmctl.train(**data, **settings, steps=steps, name=name, runs_dir=out, sample_every=0, max_time=seconds))
+    return run, took, json.loads((run.path / "stop.json").read_text())["step"]  # the steps reached (max_time may stop it first)
 
 
 def autoencoder_for(seconds: float, out: Path, data: dict, options: dict) -> tuple[Path, float, int]:
@@ -104,6 +104,24 @@ def quality(run: ddpmctl.Run, n: int, n_ref: int) -> dict:
     return {"fid": value, "fid_floor": floor, "n": n, "nfe": s.record["nfe"], "sample_images_per_s": 256 / seconds, "samples": s}
 
 
+def encode(ae_path: Path, ds) -> float:
+    """Encode the training set once (then cached): the seconds it took, counted in the latent model's time."""
+    from ddpmctl.latent import latent_dataset
+
+    t0 = time.perf_counter()
+    latent_dataset(ddpmctl.load_autoencoder(ae_path), ds)
+    return time.perf_counter() - t0
+
+
+def reuse(out: Path) -> tuple[dict, dict]:
+    """The pixel row and the autoencoder's figures of an earlier results.json (--latent-only); its samples are redrawn for the grid."""
+    earlier = json.loads((out / "results.json").read_text())
+    pixel = earlier["rows"]["pixel"]
+    pixel["samples"] = ddpmctl.Run.load(out / "pixel").sample(n=64, sampler="heun", steps=25, seed=0)
+    keep = ("autoencoder_s", "autoencoder_steps", "encode_s", "reconstruction_fid", "reconstruction_fid_floor")
+    return {"pixel": pixel}, {k: earlier["rows"]["latent"][k] for k in keep}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", choices=sorted(DATASETS))
@@ -112,6 +130,8 @@ def main() -> None:
     p.add_argument("--ae-options", default="{}", help="JSON options of the kl autoencoder")
     p.add_argument("--n", type=int, default=1000, help="samples per FID (emoji32: at most its 350 held-out images)")
     p.add_argument("--n-ref", type=int, default=None, help="training images in the FID reference (default: max(n, 1000), at most all)")
+    p.add_argument("--latent-only", action="store_true", help="keep the pixel row and the autoencoder of an earlier results.json; train the latent model "
+                   "again with what is left of the pixel model's measured time")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/phase4"))
     p.add_argument("--figures", type=Path, default=Path("docs/img"))
@@ -125,22 +145,21 @@ def main() -> None:
     ds = ddpmctl.load_dataset(data["data"], **data["data_options"])
     n = min(args.n, len(ds.fresh(args.n, 0)[0]))
     n_ref = args.n_ref or min(len(ds), max(n, 1000))  # Inception on the CPU: about 7 images/s, so not all 60,000
-    rows = {}
-
-    pixel, took, steps = train_for(budget, out, "pixel", data)
-    rows["pixel"] = {"train_s": took, "steps": steps, **quality(pixel, n, n_ref)}
-
-    ae_path, ae_s, ae_steps = autoencoder_for(ae_budget, out, data, json.loads(args.ae_options))
+    if args.latent_only:
+        rows, first = reuse(out)
+        ae_path = out / "ae"
+        budget = rows["pixel"]["train_s"] - first["autoencoder_s"] - first["encode_s"]  # the latent model's total: the pixel model's
+    else:
+        pixel, took, steps = train_for(budget, out, "pixel", data)
+        rows = {"pixel": {"train_s": took, "steps": steps, **quality(pixel, n, n_ref)}}
+        ae_path, ae_s, ae_steps = autoencoder_for(ae_budget, out, data, json.loads(args.ae_options))
+        recon = ddpmctl.evaluate_autoencoder(ae_path, ["fid"], n=n, options={"fid": {"n_ref": n_ref}})["fid"]
+        first = {"autoencoder_s": ae_s, "autoencoder_steps": ae_steps, "reconstruction_fid": recon.values["fid"], "reconstruction_fid_floor": recon.floor["fid"]}
+        first["encode_s"] = encode(ae_path, ds)
+        budget = budget - ae_s - first["encode_s"]
     ae = ddpmctl.load_autoencoder(ae_path)
-    recon = ddpmctl.evaluate_autoencoder(ae_path, ["fid"], n=n, options={"fid": {"n_ref": n_ref}})["fid"]
-    t0 = time.perf_counter()
-    from ddpmctl.latent import latent_dataset
-
-    latent_dataset(ae, ds)  # encoded once (then cached): counted in the latent model's time
-    encode_s = time.perf_counter() - t0
-    latent, took, steps = train_for(budget - ae_s - encode_s, out, "latent", data, latent=ae_path)
-    rows["latent"] = {"train_s": took, "steps": steps, "autoencoder_s": ae_s, "autoencoder_steps": ae_steps, "encode_s": encode_s,
-                      "total_s": ae_s + encode_s + took, "reconstruction_fid": recon.values["fid"], "reconstruction_fid_floor": recon.floor["fid"],
+    latent, took, steps = train_for(budget, out, "latent", data, latent=ae_path)
+    rows["latent"] = {"train_s": took, "steps": steps, **first, "total_s": first["autoencoder_s"] + first["encode_s"] + took,
                       "autoencoder_parameters": sum(p.numel() for p in ae.net.parameters()), **quality(latent, n, n_ref)}
 
     from ddpmctl import plots

@@ -24,7 +24,7 @@ read -r -a ae_extra <<< "${AE_ARGS:-}"
 [ -f "$ae/latest" ] || ddpmctl autoencoder train --config examples/phase4-rgb32/autoencoder.toml --runs-dir "$runs" ${ae_extra[@]+"${ae_extra[@]}"}
 cp "$ae/reconstructions.png" "$figures/phase4-reconstructions.png"
 [ -f "$latent/latest" ] || ddpmctl train --config examples/phase4-rgb32/config.toml --latent "$ae" --name phase4-emoji32-latent \
-  --steps "${LATENT_STEPS:-5941}" --runs-dir "$runs" ${extra[@]+"${extra[@]}"}
+  --steps "${LATENT_STEPS:-5465}" --runs-dir "$runs" ${extra[@]+"${extra[@]}"}
 ddpmctl sample "$run" --n 64 --sampler heun --steps "$steps" --grid "$figures/phase4-samples.png" --out "$run/samples"
 ddpmctl sample "$latent" --n 64 --sampler heun --steps "$steps" --grid "$figures/phase4-latent-samples.png" --out "$latent/samples"
 ddpmctl autoencoder eval "$ae" --metric fid --n "$n"
