@@ -31,7 +31,7 @@ import torch
 
 from ddpmctl import registry
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.config import AE_RESUMABLE, AutoencoderSettings, load_settings
+from ddpmctl.config import AE_RESUMABLE, AutoencoderSettings, load_settings, resumed
 from ddpmctl.datasets.base import Dataset, to_uint8
 from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_threads, use_bf16
 from ddpmctl.errors import ConfigError, DataError, RunError
@@ -69,14 +69,7 @@ def settings(flags: dict, config_file: Optional[Path], resume: Optional[Path]) -
     if resume is None:
         return load_settings(AutoencoderSettings, config_file, **flags), None
     run = open_run(resume)
-    saved = read_record(run).settings.model_dump(mode="json")
-    s = load_settings(AutoencoderSettings, config_file, base=saved, **flags)
-    now = s.model_dump(mode="json")
-    diff = [k for k in now if k not in AE_RESUMABLE and now[k] != saved.get(k)]
-    if diff:
-        what = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in diff)
-        raise ConfigError(f"cannot resume {run.path} with different settings ({what}); drop them or start a new autoencoder with --name.")
-    return s, run
+    return resumed(AutoencoderSettings, config_file, read_record(run).settings.model_dump(mode="json"), AE_RESUMABLE, run.path, **flags), run
 
 
 @dataclass

@@ -199,6 +199,18 @@ def load_settings(cls: type[_Base], config_file: Path | None = None, base: dict 
         _toml_file.reset(token)
 
 
+def resumed(cls: type[_Base], config_file: Path | None, saved: dict, resumable: set[str], run: Path, **flags) -> _Base:
+    """Settings of a resumed run: its ``saved`` settings below the other layers; any change to a
+    key outside ``resumable`` is refused with one sentence naming each change."""
+    s = load_settings(cls, config_file, base=saved, **flags)
+    now = s.model_dump(mode="json")
+    diff = [k for k in now if k not in resumable and now[k] != saved.get(k)]
+    if diff:
+        what = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ConfigError(f"cannot resume {run} with a different config ({what}); drop those settings or start a new run with --name.")
+    return s
+
+
 def saved(cls: type[_Base], values: dict) -> _Base:
     """Settings exactly as a run saved them: no environment variable or TOML file takes part."""
     token = _layers.set(False)

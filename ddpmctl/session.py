@@ -26,7 +26,7 @@ import torch
 
 from ddpmctl import convergence, distributed, registry
 from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.config import RESUMABLE, TrainSettings, load_settings
+from ddpmctl.config import RESUMABLE, TrainSettings, load_settings, resumed
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_threads, use_bf16
 from ddpmctl.errors import ConfigError, DataError, RunError
@@ -70,14 +70,7 @@ def settings(flags: dict, config_file: Optional[Path] = None, resume: Optional[P
     if resume is None:
         return load_settings(TrainSettings, config_file, base=base, **flags), None
     run = RunDir.open(resume)
-    saved = run.record.config.model_dump(mode="json")
-    s = load_settings(TrainSettings, config_file, base=saved, **flags)
-    now = s.model_dump(mode="json")
-    diff = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
-    if diff:
-        what = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in diff)
-        raise ConfigError(f"cannot resume {run.path} with a different config ({what}); drop those settings or start a new run with --name.")
-    return s, run
+    return resumed(TrainSettings, config_file, run.record.config.model_dump(mode="json"), RESUMABLE, run.path, **flags), run
 
 
 # A distilled run's length and rate unless told, as fractions of its teacher's: easy consistency

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # In-process tests do tiny tensor work, where extra threads only spin (and CI shares 2 cores).
 torch.set_num_threads(1)
@@ -125,6 +127,17 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     for fragment in fragments:
         assert fragment.lower() in msg.lower(), f"{fragment!r} not in {msg!r}"
     return msg
+
+
+def write_images(folder: Path, n: int, size: int = 8, seed: int = 0) -> None:
+    """n small RGB PNGs: a coloured square on a plain background, different in each image."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+        a, b = sorted(rng.integers(0, size, 2))
+        img[a : b + 1, a : b + 1] = rng.integers(0, 256, 3)
+        Image.fromarray(img).save(folder / f"img{i:03d}.png")
 
 
 @pytest.fixture(scope="session")

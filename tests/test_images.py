@@ -16,7 +16,7 @@ from PIL import Image
 
 from ddpmctl import registry
 from ddpmctl.errors import DataError
-from tests.conftest import MNIST_FILES, assert_clean_error, assert_ok, cli_here, need_mnist
+from tests.conftest import MNIST_FILES, assert_clean_error, assert_ok, cli_here, need_mnist, write_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EMOJI = SHARED / "emoji32"
@@ -31,22 +31,11 @@ TINY_IMG = ["--steps", "4", "--batch-size", "8", "-o", "network.channels=8", "-o
             "-o", "schedule.T=20", "--checkpoint-every", "4"]
 
 
-def _write_images(folder: Path, n: int, size: int = 8, seed: int = 0) -> None:
-    """n small RGB PNGs: a coloured square on a background, different per image."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
-        a, b = sorted(rng.integers(0, size, 2))
-        img[a : b + 1, a : b + 1] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(folder / f"img{i:03d}.png")
-
-
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory) -> Path:
     """An unconditional RGB run on a generated folder of 8x8 PNGs, with grids every 2 steps."""
     tmp = tmp_path_factory.mktemp("rgb")
-    _write_images(tmp / "imgs", 24)
+    write_images(tmp / "imgs", 24)
     r = cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp / 'imgs'}", "-o", "data.size=8",
             "--name", "rgb", "--runs-dir", tmp / "runs", *TINY_IMG, env=_env(tmp / "data", DDPMCTL_SAMPLE_EVERY="2"))
     assert_ok(r)
@@ -117,8 +106,8 @@ def test_other_datasets_missing_are_data_errors(tmp_path, monkeypatch):
 # -- image folders -----------------------------------------------------------------------------
 def test_image_folder_gray_crop_classes_and_held_out(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPMCTL_DATA_DIR", str(tmp_path / "data"))
-    _write_images(tmp_path / "f" / "cats", 6, size=12, seed=1)
-    _write_images(tmp_path / "f" / "dogs", 4, size=10, seed=2)
+    write_images(tmp_path / "f" / "cats", 6, size=12, seed=1)
+    write_images(tmp_path / "f" / "dogs", 4, size=10, seed=2)
     ds = registry.build("dataset", "imagefolder", {"root": str(tmp_path / "f"), "size": 8, "mode": "gray", "fit": "crop", "held_out": 0.2})
     assert ds.shape == (1, 8, 8) and len(ds) == 8 and ds.num_classes == 2 and ds.info["classes"] == ["cats", "dogs"]
     x, y = ds.fresh(2, 0)
@@ -136,7 +125,7 @@ def test_empty_image_folder_is_one_sentence(tmp_path):
 
 
 def test_unreadable_image_folder_is_one_sentence(tmp_path, monkeypatch):
-    _write_images(tmp_path / "bad", 3)
+    write_images(tmp_path / "bad", 3)
     (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     r = cli_here("data", "show", "imagefolder", "-o", f"root={tmp_path / 'bad'}", "--out", tmp_path / "x.png", env=_env(tmp_path))
     assert_clean_error(r, "broken.png", "cannot be read")
@@ -168,8 +157,8 @@ def test_class_on_an_unconditional_model_is_one_sentence(rgb_run, tmp_path):
 
 
 def test_class_conditional_folder_samples_requested_classes_with_guidance(tmp_path):
-    _write_images(tmp_path / "imgs" / "a", 12, seed=3)
-    _write_images(tmp_path / "imgs" / "b", 12, seed=4)
+    write_images(tmp_path / "imgs" / "a", 12, seed=3)
+    write_images(tmp_path / "imgs" / "b", 12, seed=4)
     env = _env(tmp_path / "data")
     assert_ok(cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp_path / 'imgs'}", "-o", "data.size=8", "--cond", "class",
                   "-o", "network.cross_attention=true", "--name", "c", "--runs-dir", tmp_path / "runs", *TINY_IMG, env=env))

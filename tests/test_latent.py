@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from PIL import Image
 import ddpmctl
 from ddpmctl.autoencoding import reconstruction_errors
 from ddpmctl.latent import COPY_NAME, Autoencoder, latent_dataset
-from tests.conftest import assert_clean_error, assert_ok, cli_here
+from tests.conftest import assert_clean_error, assert_ok, cli_here, write_images
 
 # A tiny f2 autoencoder (8x8x3 -> 4x4x4) and a tiny U-Net on its latents.
 TINY_AE = ["-o", "autoencoder.channels=16", "-o", "autoencoder.channel_mult=[1,2]", "--batch-size", "16", "--lr", "3e-3", "--loss", "l2", "--threads", "1"]
@@ -24,17 +23,6 @@ TINY_LATENT = ["--steps", "4", "--batch-size", "8", "-o", "network.channels=8", 
                "-o", "network.attn_resolutions=[]", "--checkpoint-every", "2", "--threads", "1"]
 AE_STEPS = 600
 PSNR_BAR = 20.0  # dB on held-out images (about 22.5 measured); an untrained autoencoder gives about 8
-
-
-def write_images(folder: Path, n: int, size: int = 8, seed: int = 0) -> None:
-    """n RGB PNGs: a coloured square on a plain background, different in each image."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
-        a, b = sorted(rng.integers(0, size, 2))
-        img[a : b + 1, a : b + 1] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(folder / f"img{i:03d}.png")
 
 
 @pytest.fixture(scope="module")
