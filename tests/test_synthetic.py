@@ -13,16 +13,16 @@ from ddpmctl import registry
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.errors import DataError
 from ddpmctl.metrics.cas import cas
-from tests.conftest import assert_clean_error, assert_ok, cli_here
-from tests.test_images import TINY_IMG, _env, _write_images
+from tests.conftest import assert_clean_error, assert_ok, cli_here, write_images
+from tests.test_images import TINY_IMG, _env
 
 
 @pytest.fixture(scope="module")
 def cond_run(tmp_path_factory):
     """A class-conditional RGB model, a few steps on two generated classes of 8x8 PNGs."""
     tmp = tmp_path_factory.mktemp("cond")
-    _write_images(tmp / "imgs" / "cats", 12, seed=3)
-    _write_images(tmp / "imgs" / "dogs", 12, seed=4)
+    write_images(tmp / "imgs" / "cats", 12, seed=3)
+    write_images(tmp / "imgs" / "dogs", 12, seed=4)
     assert_ok(cli_here("train", "--data", "imagefolder", "-o", f"data.root={tmp / 'imgs'}", "-o", "data.size=8", "--cond", "class",
                   "--name", "c", "--runs-dir", tmp / "runs", *TINY_IMG, env=_env(tmp / "data", DDPMCTL_SAMPLE_EVERY="0")))
     return tmp / "runs" / "c", tmp / "data"
