@@ -9,7 +9,8 @@ so a cached file can never be stale. ``ref=PATH`` reuses a .npz of ``mu`` and ``
 
 The machinery here (``Features``, ``real_stats``, ``compare``) is shared with the
 classifier-feature FID in ``classifier.py``; ``real_features`` caches the features of real
-images themselves (not their moments) under the same key, for KID and PRDC (``kid.py``, ``prdc.py``).
+images themselves (not their moments) under the same key, for KID and PRDC (``kid.py``, ``prdc.py``),
+and ``real_stats`` computes its moments from them, so no real set goes through the network twice.
 """
 
 from __future__ import annotations
@@ -227,7 +228,8 @@ def real_stats(features: Features, dataset: Dataset, split: Literal["train", "he
                 return s
         except DataError:
             pass  # a damaged cache file is recomputed and replaced
-    s = Stats.of(features(x, progress, f"{features.name} features of {n} real images ({split})"), record, path)
+    # The features themselves come through their own cache: KID and PRDC on the same images reuse them, and they reuse KID's.
+    s = Stats.of(real_features(features, dataset, split, n, seed, progress, cache).x, record, path)
     if cache:
         atomic_write_bytes(path, s.to_bytes())
     return s
