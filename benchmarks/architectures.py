@@ -43,9 +43,9 @@ def variant(run: Path) -> str:
     return f"{run.parent.name}: {cell or 'defaults'}"
 
 
-def score_run(run: Path, n: int, sampler: str, steps: int, guidance: float, fid: bool) -> dict:
+def score_run(run: Path, n: int, sampler: str, steps: int, guidance: float, fid: bool, device: str = "cpu") -> dict:
     stop = json.loads((run / "stop.json").read_text())
-    r = ddpmctl.Run.load(run, device="cpu")
+    r = ddpmctl.Run.load(run, device=device)
     row = {"run": str(run), "variant": variant(run), "seed": r.config.seed, "network": r.config.network,
            "network_options": r.config.network_options, "parameters": sum(p.numel() for p in r.model.net.parameters()),
            "step": stop["step"], "train_seconds": stop["time"], "stopped_by": stop["reason"]}
@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--fid", action="store_true", help="also the Inception FID (about 2 minutes per run at n = 980 on 2 CPU cores)")
     p.add_argument("--fid-seeds", default=None, help="with --fid, only the runs of these seeds (comma list; default all)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where to sample (cuda: the matched-GPU-time study, benchmarks/gpu_study.sh)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/architectures/scores.json"))
     args = p.parse_args()
     set_threads(args.threads)
@@ -108,7 +109,7 @@ def main() -> None:
             how = {"n": args.n, "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance}
             if row is None or row["step"] != step or any(row.get(k, v) != v for k, v in how.items()) or (wants_fid and "fid" not in row):  # rows written before a key existed match it
                 print(f"scoring {run} (step {step}, n = {args.n}, {args.sampler} {args.steps} steps)", flush=True)
-                row = {**score_run(run, args.n, args.sampler, args.steps, args.guidance, wants_fid), **how}
+                row = {**score_run(run, args.n, args.sampler, args.steps, args.guidance, wants_fid, args.device), **how}
                 done[str(run)] = row
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(list(done.values()), indent=2))
