@@ -86,6 +86,7 @@ class TrainState:
         self.net.load_state_dict(checkpoint.split(tensors, "model"))
         self.ema.load_state_dict(checkpoint.split(tensors, "ema"))
         self.optimizer.load_state_dict(checkpoint.optimizer_state(tensors, meta["optimizer"]))
+        match_layout(self.optimizer)
         self.step = int(meta["step"])
         suffix = f".rank{self.rank}" if self.rank else ""
         saved = tensors.get(f"rng/generator{suffix}")
@@ -111,6 +112,16 @@ def stream_seed(seed: int, rank: int, step: int = 0) -> int:
     if rank == 0 and step == 0:
         return seed
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 1) % (2**63)
+
+
+def match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimiser moment its parameter's memory layout. Checkpoints store tensors
+    contiguous (NCHW) while a channels-last network's parameters are NHWC, and CUDA's fused AdamW
+    refuses moments whose strides differ from their parameter's (a resumed image run on a GPU)."""
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def make_state(

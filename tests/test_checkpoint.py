@@ -118,3 +118,30 @@ def test_a_random_stream_from_another_kind_of_device_restarts_from_the_seed_and_
     notes = moved.restore(tensors, meta)
     assert len(notes) == 1 and "another kind of device than cpu" in notes[0]
     assert torch.equal(moved.generator.get_state(), torch.Generator().manual_seed(stream_seed(3, 0, 7)).get_state())
+
+
+def test_a_channels_last_network_resumes_with_moments_in_its_parameters_layout():
+    """Checkpoints hold contiguous (NCHW) tensors; a channels-last network's restored Adam moments
+    must take the NHWC strides of their parameters, or CUDA's fused AdamW refuses the first step
+    of a resumed image run (seen on an H200). The values must come back unchanged."""
+    from ddpmctl.training import LoopConfig, make_state
+
+    cfg, cpu = LoopConfig(steps=1, batch_size=4, lr=1e-3), torch.device("cpu")
+
+    def state():
+        torch.manual_seed(0)
+        return make_state(torch.nn.Conv2d(3, 8, 3), cfg, cpu, seed=0, channels_last=True)
+
+    saved_state = state()
+    saved_state.net(torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)).square().mean().backward()
+    saved_state.optimizer.step()
+    tensors, meta = saved_state.tensors()
+    tensors = {k: v.contiguous() for k, v in tensors.items()}  # as checkpoint.save writes them
+    resumed = state()
+    resumed.restore(tensors, {**meta, "step": 1})
+    weight = resumed.net.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    for key in ("exp_avg", "exp_avg_sq"):
+        moment = resumed.optimizer.state[weight][key]
+        assert moment.stride() == weight.stride(), key
+        assert torch.equal(moment, saved_state.optimizer.state[saved_state.net.weight][key])

@@ -11,6 +11,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from ddpmctl import registry
 from tests.conftest import REPO, run_in_process
@@ -130,7 +131,10 @@ def test_every_bad_input_gets_one_sentence(places, monkeypatch, capsys):
     registry.clear_cache()
     rows = []
     for what, args, env in cases(places):
-        code, out, err = run(args, env, monkeypatch, capsys)
+        with monkeypatch.context() as m:
+            if env.get("CUDA_VISIBLE_DEVICES") == "":  # this process may have started CUDA already, which the variable no longer hides
+                m.setattr(torch.cuda, "is_available", lambda: False)
+            code, out, err = run(args, env, monkeypatch, capsys)
         shown = out + err
         assert code != 0, f"{what}: exit 0\n{shown}"
         assert "Traceback" not in shown, f"{what}:\n{shown}"
