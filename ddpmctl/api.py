@@ -39,7 +39,7 @@ from ddpmctl.events import Events
 from ddpmctl.metrics.base import MetricResult, score
 from ddpmctl.latent import Autoencoder
 from ddpmctl.devices import pick_device
-from ddpmctl.pipeline import Model, build_dataset, load_model, sample as draw
+from ddpmctl.pipeline import Model, build_dataset, check_draw, load_model, sample as draw
 from ddpmctl.record import DataInfo
 from ddpmctl.samples import Samples
 from ddpmctl.session import Session, distill_settings
@@ -142,8 +142,7 @@ class Evaluation:
 
     def save(self, folder: Optional[PathLike] = None) -> list[Path]:
         """One JSON per metric in ``folder`` (default RUN/eval), as `ddpmctl eval` writes them."""
-        folder = Path(folder) if folder else self.run / "eval"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(folder) if folder else self.run / "eval"  # made by the first write
         rec, out = self.samples.record, []
         for name, result in self.results.items():
             path = folder / f"{name}-{rec['sampler']}-{rec['steps']}steps-n{len(self.samples)}.json"
@@ -227,6 +226,7 @@ class Run:
         events = events or Events()
         sampler = sampler or self.model.default_sampler
         self.check_steps(steps)
+        self.check_sampling(n, seed, guidance)
         images = self.data.kind == "images"
         default_n = n or (64 if images else 2000)
         if labels is None:
@@ -252,6 +252,11 @@ class Run:
         x, rec = draw(self.model, n, sampler, steps, seed, options, batch_size or (256 if images else 2048), labels=labels,
                       guidance=guidance, clip_x0=clip, dynamic_threshold=dynamic_threshold, callback=keep if trajectory else None, on_batch=advance)
         return Samples(x, labels, rec, frames)
+
+    def check_sampling(self, n: Optional[int], seed: int, guidance: float) -> None:
+        """Values a sampling run refuses before it starts: a seed outside 63 bits, a guidance scale
+        that is not a number, and more samples than this machine's memory holds."""
+        check_draw(seed, guidance, n, self.model.data.shape)
 
     def check_steps(self, steps: Optional[int]) -> None:
         """A step count of sampling: at most the model's T training steps (a discrete model), or

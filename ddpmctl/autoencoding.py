@@ -37,6 +37,7 @@ from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_thre
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.events import Events
 from ddpmctl.latent import Autoencoder, read_record, open_run, scale_factor
+from ddpmctl.outputs import check_folder
 from ddpmctl.pipeline import build_dataset, versions
 from ddpmctl.record import AutoencoderRecord, DataInfo, PluginInfo
 from ddpmctl.run import RunDir
@@ -105,6 +106,7 @@ class AutoencoderSession:
         s, run = settings(flags, config_file, resume)
         registry.validate_options("dataset", s.data, s.data_options)
         registry.validate_options("autoencoder", s.autoencoder, s.autoencoder_options)
+        check_folder(s.runs_dir if run is None else run.path, "--runs-dir" if run is None else "the run directory")  # before any work
         set_threads(s.threads)
         device = pick_device(s.device)
         if s.data_dir is not None:  # the setting is where datasets look, as for `ddpmctl train`
@@ -113,7 +115,12 @@ class AutoencoderSession:
         if ds.kind != "images":
             raise DataError(f"an autoencoder encodes images, but {s.data} holds {ds.kind}; train diffusion on 2-D points directly.")
         session = cls(s, run, ds, device, events or Events())
-        session._open()
+        try:
+            session._open()  # makes or reopens the run, locked for this process
+        except BaseException:
+            if session.run_dir is not None:
+                session.run_dir.unlock()
+            raise
         return session
 
     def _open(self) -> None:
@@ -122,8 +129,10 @@ class AutoencoderSession:
             self.run_dir = RunDir.create(self.s.runs_dir / name, self.record)
             return
         run = self.run_dir
+        run.lock()
         run.remove_partial_writes()
         if not run.checkpoints():
+            run.check_restart()  # unless its checkpoints were removed: its history is kept
             run.truncate_metrics(0)
             return
         tensors, meta, path, skipped = run.load_checkpoint()
@@ -147,7 +156,14 @@ class AutoencoderSession:
         return Autoencoder(self.record, ema, scale_factor(ema, self.ds.x) if scaled else 1.0, "", str(self.run_dir.path))
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
-        """Train to the end, ``max_time`` or until ``stop()``; write RUN/stop.json and the reconstructions."""
+        """Train to the end, ``max_time`` or until ``stop()``; write RUN/stop.json and the reconstructions.
+        The run is unlocked at the end."""
+        try:
+            return self._run(stop)
+        finally:
+            self.run_dir.unlock()
+
+    def _run(self, stop: Callable[[], bool]) -> Outcome:
         s, run = self.s, self.run_dir
         x = self.ds.x.to(self.device)
         self.t0, requested = time.perf_counter(), [False]

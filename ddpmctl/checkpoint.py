@@ -1,4 +1,4 @@
-"""Checkpoints as safetensors, written atomically, verified on load. Nothing is pickled.
+"""Checkpoints as safetensors, written atomically (outputs.atomic_write_bytes), verified on load. Nothing is pickled.
 
 A checkpoint holds tensors under prefixes ``model/``, ``ema/``, ``optim/`` and ``rng/``,
 and string metadata: the step, the config, the plugins and their versions, the ddpmctl
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from safetensors.torch import save as st_save
 
 from ddpmctl import __version__
 from ddpmctl.errors import CheckpointError
+from ddpmctl.outputs import atomic_write_bytes
 
 FORMAT = "ddpmctl-checkpoint/1"
 
@@ -30,44 +29,6 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder.
-
-    A crash leaves either the old file or the new one, never half of one. ENOSPC and other
-    OS errors become a CheckpointError naming the path; the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise CheckpointError(f"could not write {path} ({exc.strerror or exc}); free some disk space or choose a writable folder (--runs-dir for runs, DDPMCTL_DATA_DIR for data).") from exc
-    try:
-        dfd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,7 +79,7 @@ def load(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({exc}); resume from an earlier one.") from None
     if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a ddpmctl checkpoint (format {raw.get('format')!r}).")
+        raise CheckpointError(f"{path} is not a ddpmctl checkpoint (format {raw.get('format')!r}); remove it, or restore the file `ddpmctl train` wrote.")
     if content_hash(tensors) != raw.get("content_sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupted: its content hash does not match; resume from an earlier one.")
     meta = {k: (json.loads(v) if k not in ("format", "ddpmctl_version", "content_sha256") else v) for k, v in raw.items()}

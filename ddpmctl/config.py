@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings.exceptions import SettingsError
 
 from ddpmctl.errors import ConfigError, format_validation_error
 from ddpmctl.stopping import Threshold, parse_duration
 
 ENV_PREFIX = "DDPMCTL_"
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; derived seeds stay below 2^63 (training.stream_seed)
 _toml_file: contextvars.ContextVar[Optional[Path]] = contextvars.ContextVar("toml_file", default=None)
 _layers: contextvars.ContextVar[bool] = contextvars.ContextVar("layers", default=True)  # False: the given values alone
 
 
 class _Base(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True, allow_inf_nan=False)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -35,6 +38,17 @@ class _Base(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+def check_run_name(name: Optional[str]) -> Optional[str]:
+    """A run name is one plain folder name inside --runs-dir: not empty, no separator, not . or ..
+    (a name like ../x or /abs would put the run outside the runs directory)."""
+    if name is None:
+        return None
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or len(name.encode()) > 255:
+        raise ValueError(f"run name {name!r} must be one plain folder name (no '/', not '.' or '..', at most 255 bytes); "
+                         "the run is made inside --runs-dir, so choose where with --runs-dir")
+    return name
 
 
 class TrainSettings(_Base):
@@ -67,7 +81,7 @@ class TrainSettings(_Base):
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights used for sampling")
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a NaN/inf loss or gradient: stop the run (the last good checkpoint is kept) or skip that step (at most 20 in a row)")
-    seed: int = Field(0, ge=0, description="seed of weights, batches and noise")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of weights, batches and noise")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept on disk")
     log_every: int = Field(50, ge=1, description="iterations between loss records")
@@ -89,6 +103,18 @@ class TrainSettings(_Base):
     name: Optional[str] = Field(None, description="run name (default: <data>-<date>-<time>)")
     data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")
     latent: Optional[Path] = Field(None, description="an autoencoder run (`ddpmctl autoencoder train`): train on its latents of the data (latent diffusion, Rombach et al. 2022); samples are decoded to images")
+    tracker: Optional[str] = Field(None, description="experiment tracker plugin that also receives the metrics.jsonl records and the sample grids: tensorboard (event files in runs/<name>/tensorboard/; needs pip install \"ddpmctl[tensorboard]\"); none: off")
+    tracker_options: dict[str, Any] = Field(default_factory=dict, description="options of the tracker (tensorboard: flush_secs)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return check_run_name(v)
+
+    @field_validator("tracker", mode="before")
+    @classmethod
+    def _tracker(cls, v):
+        return None if v is None or str(v).strip().lower() in ("", "none", "off") else v
 
     @field_validator("until_metric", mode="before")
     @classmethod
@@ -111,7 +137,7 @@ class AutoencoderSettings(_Base):
     diffusion (Rombach et al. 2022), trained with an L1 or L2 reconstruction loss plus
     ``kl_weight`` times the KL divergence of q(z | x) from N(0, I). Environment: DDPMCTL_AE_*."""
 
-    model_config = SettingsConfigDict(env_prefix=AE_ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=AE_ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True, allow_inf_nan=False)
 
     data: str = Field("fashion-mnist", description="dataset plugin name (images)")
     data_options: dict[str, Any] = Field(default_factory=dict, description="options of the dataset plugin (for example size = 32)")
@@ -126,7 +152,7 @@ class AutoencoderSettings(_Base):
     lr_decay: Literal["none", "cosine"] = Field("cosine", description="learning-rate decay after warm-up")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights used to encode and decode")
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
-    seed: int = Field(0, ge=0, description="seed of weights, batches and noise")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of weights, batches and noise")
     checkpoint_every: int = Field(500, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept on disk")
     log_every: int = Field(50, ge=1, description="iterations between loss records")
@@ -138,6 +164,11 @@ class AutoencoderSettings(_Base):
     runs_dir: Path = Field(Path("runs"), description="where run directories are made")
     name: Optional[str] = Field(None, description="run name (default: ae-<data>-<date>-<time>)")
     data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return check_run_name(v)
 
     @field_validator("max_time", mode="before")
     @classmethod
@@ -165,12 +196,14 @@ RESUMABLE = {"steps", "on_nonfinite", "checkpoint_every", "keep_checkpoints", "l
 RESUMABLE |= {"threads", "compile", "precision"}
 # Watching and stopping change no weights: evaluations and stop criteria may change on resume too.
 RESUMABLE |= {"eval_every", "eval_metric", "eval_options", "eval_n", "eval_sampler", "eval_steps", "until_loss", "until_metric", "max_time"}
+# Nor does where the records are also sent.
+RESUMABLE |= {"tracker", "tracker_options"}
 
 
 def load_settings(cls: type[_Base], config_file: Path | None = None, base: dict | None = None, **flags) -> _Base:
     """Build settings from the layers; ``base`` (a saved run config) sits below the TOML file."""
-    if config_file is not None and not Path(config_file).is_file():
-        raise ConfigError(f"config file {config_file} does not exist.")
+    if config_file is not None:
+        check_config_file(Path(config_file))
     check_env(cls)
     token = _toml_file.set(Path(config_file) if config_file else None)
     try:
@@ -190,13 +223,43 @@ def load_settings(cls: type[_Base], config_file: Path | None = None, base: dict 
         return cls.model_validate(merged)
     except ValidationError as err:
         where = f" (from {config_file})" if config_file else ""
-        raise ConfigError(format_validation_error(err, f"configuration{where}") + ".") from None
+        raise ConfigError(format_validation_error(err, f"configuration{where}", env_origin(cls, flags)) + ".") from None
+    except SettingsError as exc:  # a complex setting (a dict) whose environment variable is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        var = cls.model_config["env_prefix"] + (field[1].upper() if field else "*")
+        raise ConfigError(f"environment variable {var} is not valid JSON; set it to a JSON object such as '{{\"n\": 500}}' or unset it.") from None
     except Exception as exc:  # a TOML syntax error
         if type(exc).__name__ == "TOMLDecodeError":
             raise ConfigError(f"config file {config_file} is not valid TOML ({exc}).") from None
         raise
     finally:
         _toml_file.reset(token)
+
+
+def check_config_file(path: Path) -> None:
+    """A --config file that exists, is a file and is UTF-8 text without a byte-order mark."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a TOML file (--config FILE.toml).")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError(f"config file {path} starts with a byte-order mark, which TOML does not allow; save it as UTF-8 without BOM.")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); save it as UTF-8.") from None
+
+
+def env_origin(cls: type[_Base], flags: dict) -> Callable[[str], Optional[str]]:
+    """For error messages: the environment variable a setting came from, when no flag set it."""
+    prefix = cls.model_config["env_prefix"]
+
+    def origin(field: str) -> Optional[str]:
+        var = prefix + field.upper()
+        return f"environment variable {var}" if flags.get(field) is None and var in os.environ else None
+
+    return origin
 
 
 def resumed(cls: type[_Base], config_file: Path | None, saved: dict, resumable: set[str], run: Path, **flags) -> _Base:

@@ -215,6 +215,7 @@ def write_plots(run) -> list[Path]:
     steps and wall time) and RUN/samples-over-training.png (the fixed-seed samples of the evaluations)."""
     from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
+    record = run.record  # a damaged config.json is refused before any picture is replaced
     records = run.metrics()
     if not records:
         return []
@@ -222,7 +223,6 @@ def write_plots(run) -> list[Path]:
     if not eval_records(records):
         return out
     evals = [r for r in eval_records(records) if samples_path(run.path, r["step"]).is_file()]
-    record = run.record
     cfg = record.config
     lines = {}
     if cfg.until_metric:

@@ -79,3 +79,19 @@ def channels_last_pays(device: torch.device, training: bool) -> bool:
     only. On CUDA both: on an H200, NHWC sampled the mnist16 U-Net 1.14x faster and trained it at
     the same speed (0.99x; benchmarks/speed.py --ablation, docs/benchmarks.md)."""
     return device.type == "cuda" or not training
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits(nbytes: float, what: str, fix: str) -> None:
+    """Refuse, before allocating, work whose arrays alone would take more than half this machine's memory."""
+    total = memory_bytes()
+    if total and nbytes > total / 2:
+        raise RunError(f"{what} needs {nbytes / 1e9:.3g} GB of memory, more than half of this machine's {total / 1e9:.0f} GB; {fix}.")
+

@@ -134,7 +134,7 @@ def config_reference() -> str:
         key = f"[{name}]" if is_table else name
         flag = flags.get(name, "")
         if is_table and name.endswith("_options"):
-            kind = {"data": "data", "network": "network", "schedule": "schedule"}.get(name[: -len("_options")])
+            kind = {"data": "data", "network": "network", "schedule": "schedule", "tracker": "tracker"}.get(name[: -len("_options")])
             flag = f"-o {kind}.KEY=VALUE" if kind else flag
         typ = _type_name(ann)
         bounds = _bounds(field)
@@ -232,7 +232,7 @@ def _commands(cmd, ctx, path: list[str]) -> list[tuple[list[str], Any, Any]]:
             if child is None or getattr(child, "hidden", False):
                 continue
             child_ctx = child.make_context(name, [], parent=ctx, resilient_parsing=True)
-            out += _commands(child, child_ctx, path + [name])
+            out += _commands(child_ctx.command, child_ctx, path + [name])  # the command itself, not the root's placeholder
     return out
 
 
@@ -250,9 +250,12 @@ def cli_reference() -> str:
         "# Command-line reference",
         "",
         f"Generated from the Typer app `ddpmctl.cli.app` by `ddpmctl/docsgen.py` (regenerate: `{REGENERATE}`).",
-        "Every command also takes `--help`. A user error ends with one red sentence and exit code 1",
-        "(2 for a usage error found by the parser); [errors.md](errors.md) lists them. Settings of",
-        "`train` can also come from a TOML file and the environment: see [config.md](config.md).",
+        "Every command also takes `--help` (or `-h`). A user error ends with one red sentence and exit code 1",
+        "(2 for a usage error found by the parser); [errors.md](errors.md) lists them; Ctrl-C ends a command",
+        "with one line and exit code 130. Settings of `train` can also come from a TOML file and the",
+        "environment: see [config.md](config.md). `--json`, where a command has it, prints one JSON document",
+        "on stdout (notes and progress go to stderr). Shell completion for bash and zsh:",
+        "`ddpmctl --install-completion` (README.md, \"In a shell and in scripts\").",
         "",
     ]
     entries = _commands(root, root_ctx, ["ddpmctl"])

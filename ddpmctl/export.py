@@ -19,20 +19,21 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.errors import DataError, OptionsError
+from ddpmctl.errors import DataError, OptionsError, WriteError
+from ddpmctl.outputs import atomic_write_bytes, check_folder, save_image
 
 FORMAT = "ddpmctl-synthetic/1"
 MANIFEST = "manifest.json"
 
 
 def check_target(path: Path) -> None:
-    """An export goes to a new or empty folder, never among other files."""
+    """An export goes to a new or empty folder that takes files, never among other files."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OptionsError(f"export target {path} is a file, not a folder; choose a new folder for --export.")
     if path.is_dir() and any(path.iterdir()):
         raise OptionsError(f"export folder {path} is not empty; choose a new folder for --export (an export never mixes with other files).")
+    check_folder(path, "--export")
 
 
 def class_folder(label: int, num_classes: int) -> str:
@@ -49,23 +50,37 @@ def write(path: Path, pixels: torch.Tensor, labels: Optional[torch.Tensor], num_
     if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
         raise DataError(f"only 8-bit gray or RGB images can be exported as PNG, got {pixels.dtype} of shape {tuple(pixels.shape)}.")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    made = not path.exists()
     width = len(str(max(len(pixels) - 1, 0)))
     files = []
-    for i, img in enumerate(pixels.numpy()):
-        label = None if labels is None else int(labels[i])
-        rel = f"{i:0{width}d}.png" if label is None else f"{class_folder(label, num_classes)}/{i:0{width}d}.png"
-        (path / rel).parent.mkdir(exist_ok=True)
-        arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)  # (H, W) or (H, W, 3)
-        Image.fromarray(np.ascontiguousarray(arr)).save(path / rel)
-        files.append({"file": rel, "index": i, "label": label})
-        if on_image:
-            on_image(1)
-    folders = {} if labels is None else {class_folder(k, num_classes): k for k in sorted(set(labels.tolist()))}
-    body = {"format": FORMAT, **manifest, "count": len(files), "classes": folders,
-            "image": {"shape": list(pixels.shape[1:]), "format": "8-bit PNG, x = pixel / 127.5 - 1"}, "files": files}
-    atomic_write_bytes(path / MANIFEST, json.dumps(body, indent=2).encode())
+    try:
+        for i, img in enumerate(pixels.numpy()):
+            label = None if labels is None else int(labels[i])
+            rel = f"{i:0{width}d}.png" if label is None else f"{class_folder(label, num_classes)}/{i:0{width}d}.png"
+            arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)  # (H, W) or (H, W, 3)
+            save_image(Image.fromarray(np.ascontiguousarray(arr)), path / rel, sync=False)  # each file whole or absent; the manifest comes last
+            files.append({"file": rel, "index": i, "label": label})
+            if on_image:
+                on_image(1)
+        folders = {} if labels is None else {class_folder(k, num_classes): k for k in sorted(set(labels.tolist()))}
+        body = {"format": FORMAT, **manifest, "count": len(files), "classes": folders,
+                "image": {"shape": list(pixels.shape[1:]), "format": "8-bit PNG, x = pixel / 127.5 - 1"}, "files": files}
+        atomic_write_bytes(path / MANIFEST, json.dumps(body, indent=2).encode())
+    except WriteError:  # a full disk or a read-only folder part-way: no half export is left
+        _remove(path, [f["file"] for f in files], made)
+        raise
     return path / MANIFEST
+
+
+def _remove(path: Path, files: list[str], made: bool) -> None:
+    """Remove the files an export wrote, its class folders, and ``path`` itself if it ``made`` it."""
+    for rel in files:
+        (path / rel).unlink(missing_ok=True)
+    for folder in sorted({(path / rel).parent for rel in files} - {path}) + ([path] if made else []):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty, or already gone
 
 
 def read(path: Path) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,11 +16,11 @@ import torch
 
 from ddpmctl import __version__, registry
 from ddpmctl.checkpoint import split
-from ddpmctl.config import PHASE_DEFAULTS, TrainSettings
+from ddpmctl.config import MAX_SEED, PHASE_DEFAULTS, TrainSettings
 from ddpmctl.datasets.base import Dataset
 from ddpmctl.denoiser import Denoiser
-from ddpmctl.devices import channels_last_pays, pick_device
-from ddpmctl.errors import ConfigError, DataError, DdpmctlError, RunError, UnknownNameError
+from ddpmctl.devices import channels_last_pays, check_fits, pick_device
+from ddpmctl.errors import CheckpointError, ConfigError, DataError, DdpmctlError, OptionsError, RunError, UnknownNameError
 from ddpmctl.latent import COPY_NAME, Autoencoder
 from ddpmctl.methods import Method
 from ddpmctl.processes import Process
@@ -251,14 +252,19 @@ def load_model(path: Path, device: str = "auto", checkpoint: Path | None = None,
     dev = pick_device(device)
     autoencoder = load_copy(run, record.latent.content_sha256, dev) if record.latent is not None else None
     net = build_network(record.config, record.model_shape, record.data.num_classes)
-    tensors, meta, _, _ = run.load_checkpoint(checkpoint)
-    net.load_state_dict(split(tensors, "ema"))
+    tensors, meta, used, _ = run.load_checkpoint(checkpoint)
+    try:
+        net.load_state_dict(split(tensors, "ema"))
+        step = int(meta["step"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # tensors missing, extra or mis-shaped; a bad step
+        why = str(exc).replace("\n", " ").replace("\t", "")[:200]
+        raise CheckpointError(f"checkpoint {used} does not fit this run's network ({why}); restore the file `ddpmctl train` wrote, or delete it to load an earlier one.") from None
     net = net.to(dev).eval().requires_grad_(False)
     if record.data.kind == "images" and channels_last_pays(dev, training=False):
         net = net.to(memory_format=torch.channels_last)
     if compile:
         net = torch.compile(net)
-    return Model(run, record, net, build_process(record.config), int(meta["step"]), dev, changes=provenance_changes(meta), method=build_method(record.config),
+    return Model(run, record, net, build_process(record.config), step, dev, changes=provenance_changes(meta), method=build_method(record.config),
                  autoencoder=autoencoder)
 
 
@@ -294,7 +300,20 @@ NOISE_BLOCK = 16  # sample i draws its noise from the generator of block i // 16
 
 def block_generators(seed: int, start: int, n: int, device) -> list[torch.Generator]:
     first, last = start // NOISE_BLOCK, (start + n - 1) // NOISE_BLOCK
-    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + b) for b in range(first, last + 1)]
+    return [torch.Generator(device=device).manual_seed((seed * 1_000_003 + b) % 2**64) for b in range(first, last + 1)]  # every 63-bit seed
+
+
+def check_draw(seed: int, guidance: float = 1.0, n: int | None = None, shape: tuple[int, ...] = ()) -> None:
+    """What every sampling path refuses before it starts: a seed outside 63 bits, a guidance scale
+    that is not a number, and more samples (of ``shape``) than this machine's memory holds."""
+    if not 0 <= seed <= MAX_SEED:
+        raise OptionsError(f"--seed {seed} is outside 0..{MAX_SEED}; choose a seed in that range.")
+    if not math.isfinite(guidance):
+        raise OptionsError(f"--guidance {guidance} is not a finite number; use a scale such as 1 (no guidance) to 7.")
+    if n is not None and n < 1:
+        raise OptionsError(f"--n {n} asks for no samples; ask for at least 1.")
+    if n is not None:  # float32 samples, all kept in memory
+        check_fits(n * math.prod(shape) * 4, f"--n {n} samples of shape {tuple(shape)}", "ask for fewer (another --seed draws another set)")
 
 
 def sample(
@@ -318,6 +337,7 @@ def sample(
     ``callback(i, S, t, x_t, x0_hat)`` sees the first batch's trajectory. Returns the samples
     (float32, CPU) and a record of how they were drawn.
     """
+    check_draw(seed, guidance, n, model.data.shape)
     sampler = sampler or model.default_sampler
     fn, opts = registry.resolve("sampler", sampler, options)
     steps = steps or getattr(fn, "default_steps", None)  # the sampler's own (few-step: 1), else the process's

@@ -14,13 +14,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ddpmctl.outputs import save_figure, save_image  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    """The figure, written atomically (outputs.save_figure), then closed."""
+    try:
+        return save_figure(fig, path, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def _smooth(v: np.ndarray, k: int) -> np.ndarray:
@@ -104,9 +106,7 @@ def gif_2d(frames: Sequence[tuple[str, torch.Tensor]], path: Path, lim=(-4.0, 4.
         images.append(Image.open(buf).convert("P", palette=Image.ADAPTIVE))
     # hold the last frame a little longer
     durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 8]
-    path = Path(path)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return path
+    return save_image(images[0], path, save_all=True, append_images=images[1:], duration=durations, loop=0)
 
 
 def image_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: int = 1) -> Path:
@@ -116,10 +116,7 @@ def image_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: i
     nrow = nrow or int(np.ceil(np.sqrt(images.shape[0])))
     grid = vutils.make_grid(((images.clamp(-1, 1) + 1) / 2).float(), nrow=nrow, padding=pad, pad_value=1.0)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(path)
-    return path
+    return save_image(Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr), path)
 
 
 def quality_vs_nfe(rows: Sequence[dict], keys: Sequence[str], floors: dict, path: Path, title: str = "") -> Path:

@@ -1,8 +1,8 @@
 """Plugin registries resolved through Python entry points.
 
-Eight groups: ``ddpmctl.datasets``, ``ddpmctl.networks``, ``ddpmctl.schedules``,
-``ddpmctl.processes``, ``ddpmctl.samplers``, ``ddpmctl.metrics``, ``ddpmctl.methods`` and
-``ddpmctl.autoencoders``. The built-ins are declared in ddpmctl's own
+Nine groups: ``ddpmctl.datasets``, ``ddpmctl.networks``, ``ddpmctl.schedules``,
+``ddpmctl.processes``, ``ddpmctl.samplers``, ``ddpmctl.metrics``, ``ddpmctl.methods``,
+``ddpmctl.autoencoders`` and ``ddpmctl.trackers``. The built-ins are declared in ddpmctl's own
 pyproject exactly as a third party declares theirs. Nothing is imported until a name is
 resolved, and then only that plugin; a plugin that fails to import is reported as broken
 and leaves the others working.
@@ -31,6 +31,7 @@ KINDS = {
     "metric": "ddpmctl.metrics",
     "method": "ddpmctl.methods",
     "autoencoder": "ddpmctl.autoencoders",
+    "tracker": "ddpmctl.trackers",
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,16 +25,17 @@ from typing import Callable, Optional
 
 import torch
 
-from ddpmctl import convergence, distributed, registry
+from ddpmctl import convergence, distributed, registry, trackers
 from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.config import RESUMABLE, TrainSettings, load_settings, resumed
 from ddpmctl.datasets.base import Dataset
-from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_threads, use_bf16
-from ddpmctl.errors import ConfigError, DataError, RunError
+from ddpmctl.devices import channels_last_pays, check_fits, fast_math, pick_device, set_threads, use_bf16
+from ddpmctl.errors import ConfigError, DataError, RunError, WriteError
 from ddpmctl.events import Events
 from ddpmctl.grids import few_step_picture, preview
 from ddpmctl.latent import COPY_NAME, Autoencoder, latent_dataset
 from ddpmctl.methods import Method
+from ddpmctl.outputs import check_folder
 from ddpmctl.pipeline import (Model, build_dataset, build_method, build_network, build_process, check_method, check_process, check_teacher, load_copy, load_model, INHERITED,
                               plugin_record, provenance_changes, resolve, run_name, start_from, versions)
 from ddpmctl.processes import Process
@@ -105,6 +107,16 @@ def check_names(s: TrainSettings, teacher: bool = True) -> None:
         check_teacher(s)
     if s.network is not None:
         registry.validate_options("network", s.network, s.network_options)
+    if s.tracker is not None:  # its options, and its optional package installed
+        trackers.check(s.tracker, s.tracker_options)
+
+
+def check_outputs(s: TrainSettings, run: Optional[RunDir]) -> None:
+    """Where the session writes takes files: --runs-dir for a new run, the run itself when resumed."""
+    if run is None:
+        check_folder(s.runs_dir, "--runs-dir")
+    else:
+        check_folder(run.path, "the run directory")
 
 
 def check_resolved(s: TrainSettings, ds: Dataset) -> TrainSettings:
@@ -115,6 +127,8 @@ def check_resolved(s: TrainSettings, ds: Dataset) -> TrainSettings:
     check_method(s)
     if s.cond == "class" and (ds.y is None or ds.num_classes == 0):
         raise DataError(f"dataset {s.data!r} has no class labels, so --cond class cannot be used; drop --cond.")
+    # a batch, its noise and the network's input and output: four float32 copies at the least
+    check_fits(4 * s.batch_size * math.prod(ds.shape) * 4, f"--batch-size {s.batch_size} of {tuple(ds.shape)} data", "use a smaller batch")
     return s
 
 
@@ -191,14 +205,25 @@ class Session:
             os.environ["DDPMCTL_DATA_DIR"] = str(s.data_dir)
         check_names(s, teacher=resume is None)  # before anything heavy is built
         world = distributed.world_from_env()  # torchrun: this process's rank; else one process
-        set_threads(s.threads, world.local_size)
-        device = pick_device(s.device)
-        ds = build_dataset(s.data, s.data_options)
-        autoencoder = latent_autoencoder(s, run, device)
-        train_ds = latent_dataset(autoencoder, ds) if autoencoder is not None else ds
-        s = check_resolved(s, train_ds)
-        session = cls(s, run, ds, world, device, events or Events(), autoencoder, train_ds)
-        session._open()
+        if world.main:  # rank 0 alone writes: its outputs are checked, and a resumed run locked for it
+            check_outputs(s, run)
+            if run is not None:
+                run.lock()
+        session = None
+        try:
+            set_threads(s.threads, world.local_size)
+            device = pick_device(s.device)
+            ds = build_dataset(s.data, s.data_options)
+            autoencoder = latent_autoencoder(s, run, device)
+            train_ds = latent_dataset(autoencoder, ds) if autoencoder is not None else ds
+            s = check_resolved(s, train_ds)
+            session = cls(s, run, ds, world, device, events or Events(), autoencoder, train_ds)
+            session._open()
+        except BaseException:  # nothing trains: the lock goes
+            for r in (run, session.run_dir if session is not None else None):
+                if r is not None:
+                    r.unlock()
+            raise
         return session
 
     def model(self) -> Model:
@@ -218,13 +243,16 @@ class Session:
             convergence.check_threshold(self.watch.criteria.until_metric, self.first[0])
         if run is not None and main:
             run.remove_partial_writes()  # temporary files of a process killed mid-write
-        if run is None:  # rank 0 names and makes the run directory; the other ranks are told where it is
+        if run is None:  # rank 0 names and makes the run directory (locked for it); the other ranks are told where it is
             made = RunDir.create(self.s.runs_dir / run_name(self.s), self.record) if main else None
+            self.run_dir = made
             if made is not None and self.autoencoder is not None:  # the run decodes its samples without the autoencoder's directory
                 self.autoencoder.save(made.path / COPY_NAME)
-            self.run_dir = RunDir(Path(distributed.broadcast_text(str(made.path) if made else None)))
+            path = distributed.broadcast_text(str(made.path) if made else None)
+            self.run_dir = made or RunDir(Path(path))
         elif not run.checkpoints():  # killed before its first checkpoint: start again from step 0
             if main:
+                run.check_restart()  # unless its checkpoints were removed: its history is kept
                 run.truncate_metrics(0)
             self.events.note(f"resuming {run.path}: no checkpoint was written yet, starting from step 0")
         else:
@@ -243,15 +271,16 @@ class Session:
             raise ConfigError(f"checkpoint {path} was made by a different network config; it cannot be resumed with this one.")
         try:
             notes = self.state.restore(tensors, meta)
-        except (RuntimeError, KeyError) as exc:
-            raise ConfigError(f"checkpoint {path} does not fit the network of this config ({str(exc).splitlines()[0]}).") from None
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # tensors missing, extra or mis-shaped; bad metadata
+            raise ConfigError(f"checkpoint {path} does not fit the network of this config ({str(exc).splitlines()[0][:200]}); "
+                              "restore the file `ddpmctl train` wrote, or delete it to resume from an earlier one.") from None
         for msg in notes:
             self.events.note(msg, "warning")
+        if self.state.step >= s.steps:  # refused before anything in the run is written
+            raise RunError(f"run {run.path} already reached step {self.state.step} of {s.steps}; pass a larger --steps to train further.")
         if self.world.main:
             run.truncate_metrics(self.state.step)
             run.write_record(dataclasses.replace(run.record, config=s))
-        if self.state.step >= s.steps:
-            raise RunError(f"run {run.path} already reached step {self.state.step} of {s.steps}; pass a larger --steps to train further.")
         self.events.note(f"resuming {run.path} from {path.name} (step {self.state.step})")
 
     def _replay(self) -> None:
@@ -272,7 +301,16 @@ class Session:
 
     # -- training -------------------------------------------------------------------------------
     def run(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
-        """Train to the end, a stop criterion, or until ``stop()`` is true; write RUN/stop.json."""
+        """Train to the end, a stop criterion, or until ``stop()`` is true; write RUN/stop.json.
+        The run's tracker (rank 0) receives its records and grids; the run is unlocked at the end."""
+        try:
+            if self.world.main and self.s.tracker is not None:
+                self.run_dir.tracker = trackers.open_tracker(self.s.tracker, self.s.tracker_options, self.run_dir.path, self.state.step)
+            return self._run(stop)
+        finally:
+            self.run_dir.unlock()  # closes the tracker too
+
+    def _run(self, stop: Callable[[], bool]) -> Outcome:
         s, state, ds, run = self.s, self.state, self.ds, self.run_dir
         x = self.train_ds.x.to(self.device)
         y = ds.y.to(self.device) if (s.cond == "class" and ds.y is not None) else None
@@ -288,10 +326,10 @@ class Session:
             ended = time.perf_counter()  # before the plots
             if self.world.main and self.method is not None:
                 self._few_step_picture()
-        finally:
-            if self.world.main:
-                convergence.write_plots(run)
-            distributed.shutdown()
+        except BaseException:
+            self._end(failed=True)
+            raise
+        self._end(failed=False)
         elapsed = ended - self.t0
         criteria = self.watch.criteria
         reason = "steps" if why == "done" else ("interrupted" if self.stop_requested else criteria.reason)
@@ -299,6 +337,19 @@ class Session:
             summary = criteria.summary(reason, state.step, self.offset + elapsed)
             atomic_write_bytes(run.path / "stop.json", json.dumps(summary, indent=2).encode())
         return Outcome(run.path, reason, state.step, s.steps, elapsed, criteria.explain())
+
+    def _end(self, failed: bool) -> None:
+        """The run's plots (rank 0), handed to its tracker; then leave the process group. After a
+        failure (a full disk, say) a plot that cannot be written does not hide the first error."""
+        try:
+            if self.world.main:
+                for plot in convergence.write_plots(self.run_dir):  # loss.png, convergence.png, samples-over-training.png
+                    self.run_dir.wrote_picture(plot, self.state.step, plot.stem)
+        except WriteError:
+            if not failed:
+                raise
+        finally:
+            distributed.shutdown()
 
     def _few_step_picture(self) -> None:
         """RUN/few-step.png: 1, 2 and 4 steps from the same noise; on 2-D data the one-step map
@@ -351,8 +402,9 @@ class Session:
             # image runs: a fixed-seed sample grid of the EMA weights every sample_every steps
             model = self.model()  # the plain conditional model, x0_hat clipped as it samples; a few-step model in one step
             steps, sampler = (1, "few-step") if self.method is not None else (50, "ddpm")
-            preview(model.denoiser(), model.shape, self.run_dir.path / "grids" / f"step-{step:08d}.png", steps=steps, seed=s.seed, sampler=sampler,
-                    decode=model.decode)
+            grid = preview(model.denoiser(), model.shape, self.run_dir.path / "grids" / f"step-{step:08d}.png", steps=steps, seed=s.seed, sampler=sampler,
+                           decode=model.decode)
+            self.run_dir.wrote_picture(grid, step, "grids")  # to the tracker
         if self.world.main and self.watch.every and (step % self.watch.every == 0 or step == s.steps):
             self._log_eval(*self._measure())
 

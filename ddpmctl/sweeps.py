@@ -51,8 +51,9 @@ from ddpmctl.datasets.base import Dataset
 from ddpmctl.devices import cpu_count
 from ddpmctl.errors import ConfigError, DdpmctlError, OptionsError, RunError
 from ddpmctl.events import Events
+from ddpmctl.outputs import check_folder
 from ddpmctl.pipeline import build_dataset
-from ddpmctl.run import RunDir
+from ddpmctl.run import RunDir, WriterLock
 from ddpmctl.session import check_names, check_resolved
 
 # KIND of a plugin option KIND.KEY -> the settings field holding that plugin's options.
@@ -64,8 +65,9 @@ FIXED = {"name": "the sweep names each cell's run after its values",
          "resume": "a sweep resumes its unfinished cells itself"}
 # Every cell is evaluated the same way, so that the compare table is fair.
 SHARED = {f for f in TrainSettings.model_fields if f.startswith("eval_")}
-# May differ when a sweep is run again: how fast a step runs and where data lives change no weights.
-FREE = {"threads", "device", "compile", "precision", "data_dir"}
+# May differ when a sweep is run again: how fast a step runs, where data lives and where records
+# are also sent change no weights.
+FREE = {"threads", "device", "compile", "precision", "data_dir", "tracker", "tracker_options"}
 # stop.json reasons of a finished run (the other one is "interrupted").
 FINISHED = ("steps", "until-loss", "until-metric", "max-time")
 DEFAULT_EVAL_EVERY = 500  # unless set: evaluations at step 0, every 500 steps and at the end
@@ -194,7 +196,8 @@ class Plan:
 def plan(name: str, grid: dict[str, Any], runs_dir: Optional[Path] = None, config: Optional[Path] = None, /, **common) -> Plan:
     """Every cell of ``grid`` over the ``common`` settings (TrainSettings keyword arguments, over
     the TOML ``config`` and the environment), checked as `ddpmctl train` checks a run before it
-    trains. Raises a DdpmctlError with one sentence; writes nothing."""
+    trains, and the sweep's folder checked to take files. Raises a DdpmctlError with one
+    sentence; writes nothing."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]*", str(name or "")):
         raise ConfigError(f"sweep name {name!r} cannot name a folder; use letters, digits, '.', '_', '+' and '-'.")
     for key in FIXED:
@@ -203,6 +206,7 @@ def plan(name: str, grid: dict[str, Any], runs_dir: Optional[Path] = None, confi
     grid = check_grid(grid, common)
     flags, base = common_settings(config, common)
     folder = Path(runs_dir if runs_dir is not None else base.runs_dir) / name
+    check_folder(folder, "the sweep folder")  # takes files, before any cell is checked
     explicit = base.model_dump(mode="json", include=base.model_fields_set - set(FIXED), exclude_none=True)
     datasets: dict[str, Dataset] = {}
     cells = [make_cell(folder, config, flags, dict(zip(grid, combo)), datasets) for combo in itertools.product(*grid.values())]
@@ -429,10 +433,16 @@ def exit_text(rc: int) -> str:
 
 
 def run(p: Plan, parallel: int = 1, events: Optional[Events] = None, stop: Optional[Callable[[], bool]] = None) -> Outcome:
-    """Train the plan's unfinished cells, ``parallel`` at once; see the module's docstring."""
+    """Train the plan's unfinished cells, ``parallel`` at once; see the module's docstring. The
+    sweep's folder is locked meanwhile (a second run of the same sweep is refused), each cell's
+    run by its own `ddpmctl train`."""
     if parallel < 1:
         raise OptionsError(f"parallel {parallel} is not a number of cells at once; use 1 or more.")
-    events, stop = events or Events(), stop or (lambda: False)
+    with WriterLock(p.folder, f"sweep {p.folder}"):
+        return _run(p, parallel, events or Events(), stop or (lambda: False))
+
+
+def _run(p: Plan, parallel: int, events: Events, stop: Callable[[], bool]) -> Outcome:
     outcome = Outcome(p.folder, [p.folder / c.name for c in p.cells])
     todo = []
     for cell in p.cells:

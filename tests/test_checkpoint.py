@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpmctl import checkpoint
-from ddpmctl.errors import CheckpointError
+from ddpmctl.errors import CheckpointError, WriteError
 from ddpmctl.config import TrainSettings, saved
 from ddpmctl.record import DataInfo, RunRecord
 from ddpmctl.run import RunDir
@@ -55,7 +55,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(CheckpointError, match="No space left"):
+    with pytest.raises(WriteError, match="No space left"):
         checkpoint.save(p, tensors(1), {"step": 2})
     monkeypatch.undo()
     t, meta = checkpoint.load(p)

@@ -84,9 +84,13 @@ def test_a_latent_run_trains_resumes_samples_and_evaluates_through_the_cli(world
         with np.load(tmp_path / "s" / "ddim-5steps-seed0.npz") as f:
             x = f["samples"]
         assert x.shape == (8, 3, 8, 8) and x.dtype == np.uint8
-        r = cli_here("eval", run, "--metric", "memorisation", "--n", "8", "--steps", "5", "--sampler", "ddim", env=env)
+        r = cli_here("eval", run, "--metric", "memorisation", "--metric", "kid", "--metric", "prdc", "--n", "8", "--steps", "5", "--sampler", "ddim",
+                     "-o", "kid.features=inception", "-o", "prdc.features=inception", "-o", "prdc.k=3", env=env)
         assert_ok(r)
         assert list((run / "eval").glob("memorisation-*.json"))
+        for metric, keys in (("kid", {"kid", "kid_std"}), ("prdc", {"precision", "recall", "density", "coverage"})):  # decoded images, scored as images
+            result = json.loads(next((run / "eval").glob(f"{metric}-*.json")).read_text())
+            assert set(result["values"]) == set(result["floor"]) == keys and result["protocol"]["n"] == 8
     finally:
         shutil.move(tmp_path / "ae-moved", world["ae"])
     loaded = ddpmctl.Run.load(run, device="cpu")

@@ -18,7 +18,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def test_bench_speed_reports_throughput_and_memory(tmp_path):
     out = tmp_path / "speed.json"
     r = cli_here("bench", "speed", "--model", "2d", "--nfe", "3", "--train-steps", "2", "--repeats", "2", "--batch-size", "32",
-            "--json", out, env=ONE_THREAD)
+            "--out", out, env=ONE_THREAD)
     assert_ok(r)
     assert "2d (mlp, batch 32)" in r.stdout and "train img/s" in r.stdout
     record = json.loads(out.read_text())
@@ -35,7 +35,7 @@ def test_bench_speed_against_diffusers_interleaves_and_prints_ratios(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "speed.json"
     r = cli_here("bench", "speed", "--model", "mnist16", "--vs", "diffusers", "--nfe", "2", "--train-steps", "1", "--repeats", "2",
-            "--batch-size", "8", "--json", out, env=ONE_THREAD)
+            "--batch-size", "8", "--out", out, env=ONE_THREAD)
     assert_ok(r)
     assert "ddpmctl / diffusers" in r.stdout
     assert "profil" not in r.stderr.lower() and "USDT" not in r.stderr  # the memory profiler's chatter stays hidden

@@ -7,21 +7,19 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
-from ddpmctl.api import evaluate_autoencoder
-from ddpmctl.autoencoding import AutoencoderSession
-from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.cli.common import console, parse_options
+from ddpmctl.cli.face import Command, sub_app
 from ddpmctl.cli.render import Rich
 from ddpmctl.cli.train import signals
+from ddpmctl.outputs import check_folder
 
-app = typer.Typer(help="Autoencoders for latent diffusion (Rombach et al. 2022): train one, then `ddpmctl train --latent DIR`.", no_args_is_help=True)
+app = sub_app("Autoencoders for latent diffusion (Rombach et al. 2022): train one, then `ddpmctl train --latent DIR`.")
 
 
-@app.command("train")
+@app.command("train", cls=Command)
 def train(
     data: Annotated[Optional[str], typer.Option(help="Dataset plugin (images), e.g. fashion-mnist with -o data.size=32, or emoji32.")] = None,
     autoencoder: Annotated[Optional[str], typer.Option(help="Autoencoder plugin (see `ddpmctl plugins list`; default kl).")] = None,
@@ -42,6 +40,10 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue this autoencoder run from its last good checkpoint.")] = None,
 ):
     """Train a KL-regularised autoencoder; writes runs/<name>/ with checkpoints, reconstruction errors and reconstructions.png."""
+    import torch
+
+    from ddpmctl.autoencoding import AutoencoderSession
+
     opts = parse_options(option, kinds=("data", "autoencoder"))
     flags = dict(data=data, autoencoder=autoencoder, steps=steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight, loss=loss, seed=seed,
                  name=name, runs_dir=runs_dir, max_time=max_time, device=device, threads=threads, precision=precision,
@@ -61,7 +63,7 @@ def train(
                   f"Next: ddpmctl train --data {session.s.data} --latent {outcome.run}", soft_wrap=True)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Autoencoder run directory made by `ddpmctl autoencoder train`.")],
     metric: Annotated[list[str], typer.Option(help="Metric plugin (repeatable): fid, classifier-fid, ...")] = ["fid"],  # noqa: B006
@@ -71,6 +73,11 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Score the reconstructions of held-out images like samples: the reconstruction FID is the floor of a latent model; saves JSON in AE/eval/."""
+    from ddpmctl.api import evaluate_autoencoder
+    from ddpmctl.checkpoint import atomic_write_bytes
+
+    if run.is_dir():  # (a missing run is named by evaluate_autoencoder)
+        check_folder(run / "eval", "the evaluation folder")  # before any reconstruction
     with Rich(console) as events:
         results = evaluate_autoencoder(run, metric, n, seed, device, parse_options(option, kinds=tuple(metric)), events)
     table = Table(title=f"{run.name}: reconstructions of {n} held-out images")

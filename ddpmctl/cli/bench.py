@@ -17,24 +17,26 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
+from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from ddpmctl import registry
-from ddpmctl.api import Run
-from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.devices import pick_device, set_threads
-from ddpmctl.cli.common import console, load_run, parse_options
+from ddpmctl.cli.common import human, interruptible, json_safe, load_run, parse_options, print_json
+from ddpmctl.cli.face import Command, sub_app
 from ddpmctl.cli.render import Rich
 from ddpmctl.errors import NumericalError, OptionsError
-from ddpmctl.metrics.base import score
-from ddpmctl.pipeline import Model, default_metric, sample as draw, versions
+from ddpmctl.outputs import check_file, check_folder
 
-app = typer.Typer(help="Benchmark samplers (quality) and the default networks (speed).", no_args_is_help=True)
+if TYPE_CHECKING:
+    from ddpmctl.api import Run
+    from ddpmctl.pipeline import Model
+
+app = sub_app("Benchmark samplers (quality) and the default networks (speed).")
+JSON_HELP = "Print the results as one JSON document on stdout (notes and progress go to stderr)."
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -60,7 +62,7 @@ def _steps(text: str, run: Run) -> list[int]:
     return steps
 
 
-@app.command("quality")
+@app.command("quality", cls=Command)
 def quality(
     run: Annotated[Path, typer.Argument(help="Run directory made by `ddpmctl train`.")],
     sampler: Annotated[str, typer.Option(help="Sampler plugins, comma-separated.")] = "ddpm,ddim,dpm-solver++,heun",
@@ -77,10 +79,17 @@ def quality(
     reference: Annotated[Optional[str], typer.Option(help="The yardstick row SAMPLER:STEPS, added if the grid lacks it, e.g. ddpm:1000 (default: ddpm at its most steps).")] = None,
     with_: Annotated[Optional[str], typer.Option("--with", help="Few-step runs of the same data (`ddpmctl distill`), comma-separated: their rows beside this run's samplers.")] = None,
     with_steps: Annotated[str, typer.Option(help="Step counts of the --with runs' few-step sampler.")] = "1,2,4",
+    json_: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ):
     """Metric, network evaluations (NFE) and time per sample for every sampler and step count."""
-    run_ = load_run(run, device)
+    import torch
+
+    from ddpmctl.pipeline import default_metric
+
+    console = human(json_)
+    run_ = load_run(run, device, out=console)
     model = run_.model
+    check_folder(model.run.path / "bench", "the bench folder")  # before any sampling
     samplers = _names(sampler, "--sampler")
     metrics = _names(metric, "--metric") if metric else [default_metric(model.data.kind, model.data.shape)]
     step_list = _steps(steps, run_)
@@ -94,14 +103,14 @@ def quality(
         registry.validate_options("sampler", s, opts.get(s))
     resolved = [(m, *registry.resolve("metric", m, opts.get(m))) for m in metrics]
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
-    with_runs = [load_run(Path(p), device) for p in _names(with_, "--with")] if with_ else []
+    with_runs = [load_run(Path(p), device, out=console) for p in _names(with_, "--with")] if with_ else []
     for other in with_runs:
         if (other.config.data, other.config.data_options) != (model.config.data, model.config.data_options):
             raise OptionsError(f"--with {other.path} was trained on other data ({other.config.data} {other.config.data_options}) than {model.run.path}; compare runs of the same data.")
     others = [(other, k) for other in with_runs for k in _int_list(with_steps, "--with-steps")] if with_runs else []
 
     rows, floors, protocols = [], {}, {}
-    with Rich(console) as events:
+    with interruptible("the benchmark stopped before any result was saved; run the command again."), Rich(console, lines=True) as events:
         for i, (s, k) in enumerate(grid):
             events.progress("bench", i, len(grid), f"{s}, {k} steps")
             rows.append(_row(run_, s, k, n, seed, opts.get(s), labels, guidance, clip, dynamic_threshold, batch_size, resolved, floors, protocols, events))
@@ -112,23 +121,34 @@ def quality(
         events.progress("bench", len(grid), len(grid))
 
     keys = list(floors)
-    _print_table(model, rows, keys, floors, n, ref)
-    dest = model.run.path / "bench"
-    stem = result_stem(metrics, samplers, grid + [(str(o.path), k) for o, k in others], opts, n, seed, guidance, clip, dynamic_threshold)
+    _print_table(console, model, rows, keys, floors, n, ref, table=not json_)
     record = {
         "run": str(model.run.path), "checkpoint_step": model.step, "n": n, "seed": seed, "samplers": samplers,
         "steps": step_list, "metrics": metrics, "options": opts, "clip_x0": clip, "dynamic_threshold": dynamic_threshold,
         "guidance": guidance, "device": str(model.device), "floors": floors, "protocols": protocols,
-        "rows": rows, "summary": summary(rows, keys[0], ref=ref) if keys else None, "versions": versions(),
+        "rows": rows, "summary": summary(rows, keys[0], ref=ref) if keys else None,
         "with": {str(o.path): o.step for o in with_runs},
     }
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest / f"{stem}.json", json.dumps(_json_safe(record), indent=2).encode())
-    atomic_write_bytes(dest / f"{stem}.csv", _csv(rows, keys).encode())
-    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
+    stem = result_stem(metrics, samplers, grid + [(str(o.path), k) for o, k in others], opts, n, seed, guidance, clip, dynamic_threshold)
+    files = _write_quality(model, stem, record, keys)
+    console.print(f"saved {files[0].parent / stem}.csv, .json, .png")
+    if json_:
+        print_json({**record, "files": [str(f) for f in files]})
 
-    plots.quality_vs_nfe(rows, keys, floors, dest / f"{stem}.png", title=f"{model.run.path.name} (step {model.step}): quality against NFE, n={n}")
-    console.print(f"saved {dest / stem}.csv, .json, .png")
+
+def _write_quality(model: Model, stem: str, record: dict, keys: list[str]) -> list[Path]:
+    """RUN/bench/STEM.json, .csv and .png (metric against NFE) of one bench."""
+    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
+    from ddpmctl.checkpoint import atomic_write_bytes
+    from ddpmctl.pipeline import versions
+
+    dest = model.run.path / "bench"
+    dest.mkdir(parents=True, exist_ok=True)
+    rows, floors, n = record["rows"], record["floors"], record["n"]
+    atomic_write_bytes(dest / f"{stem}.json", json.dumps(json_safe({**record, "versions": versions()}), indent=2).encode())
+    atomic_write_bytes(dest / f"{stem}.csv", _csv(rows, keys).encode())
+    png = plots.quality_vs_nfe(rows, keys, floors, dest / f"{stem}.png", title=f"{model.run.path.name} (step {model.step}): quality against NFE, n={n}")
+    return [dest / f"{stem}.json", dest / f"{stem}.csv", Path(png)]
 
 
 def result_stem(metrics, samplers, grid, opts, n, seed, guidance, clip, dyn) -> str:
@@ -143,6 +163,9 @@ def result_stem(metrics, samplers, grid, opts, n, seed, guidance, clip, dyn) -> 
 
 def _row(run: Run, s, k, n, seed, sampler_opts, labels, guidance, clip, dyn, batch_size, resolved, floors, protocols, events) -> dict:
     """Sample with one sampler and step count, then score it; a sampler that diverges is a row with NaN."""
+    from ddpmctl.metrics.base import score
+    from ddpmctl.pipeline import sample as draw
+
     row = {"sampler": s, "steps": k, "nfe": None, "seconds_per_sample": None, "clipped_values": None, "clipped_fraction": None, "error": ""}
     t0 = time.perf_counter()
     try:
@@ -184,19 +207,10 @@ def summary(rows: list[dict], key: str, max_nfe: int = 20, ref: tuple[str, int] 
             "ratio": best[key] / ref_row[key] if ref_row[key] else math.nan}
 
 
-def _print_table(model: Model, rows, keys, floors, n, ref=None) -> None:
-    table = Table(title=f"{model.run.path.name} (step {model.step}), n={n}: quality against network evaluations")
-    for col in ("sampler", "steps", "NFE", *keys, "ms / sample", "x0 clipped"):
-        table.add_column(col, justify="left" if col == "sampler" else "right")
-    for r in rows:
-        if r["error"]:
-            table.add_row(r["sampler"], str(r["steps"]), "-", *(["[red]NaN[/red]"] * len(keys)), "-", "-")
-            continue
-        vals = [f"{r[k]:.4g}" if k in r else "-" for k in keys]
-        clipped = f"{100 * r['clipped_fraction']:.2f}%" if r["clipped_values"] else "0"
-        table.add_row(r["sampler"], str(r["steps"]), str(r["nfe"]), *vals, f"{1000 * r['seconds_per_sample']:.3f}", clipped)
-    table.caption = "floor (real vs real, same n): " + ", ".join(f"{k} {v:.4g}" for k, v in floors.items())
-    console.print(table)
+def _print_table(console: Console, model: Model, rows, keys, floors, n, ref=None, table: bool = True) -> None:
+    """The table of rows (unless ``table`` is false), the summary line and the samplers that failed."""
+    if table:
+        console.print(_table(model, rows, keys, floors, n))
     if keys:
         s = summary(rows, keys[0], ref=ref)
         if s:
@@ -210,6 +224,21 @@ def _print_table(model: Model, rows, keys, floors, n, ref=None) -> None:
             console.print(f"[yellow]{r['sampler']}, {r['steps']} steps:[/yellow] {r['error']}")
 
 
+def _table(model: Model, rows, keys, floors, n) -> Table:
+    table = Table(title=f"{model.run.path.name} (step {model.step}), n={n}: quality against network evaluations")
+    for col in ("sampler", "steps", "NFE", *keys, "ms / sample", "x0 clipped"):
+        table.add_column(col, justify="left" if col == "sampler" else "right")
+    for r in rows:
+        if r["error"]:
+            table.add_row(r["sampler"], str(r["steps"]), "-", *(["[red]NaN[/red]"] * len(keys)), "-", "-")
+            continue
+        vals = [f"{r[k]:.4g}" if k in r else "-" for k in keys]
+        clipped = f"{100 * r['clipped_fraction']:.2f}%" if r["clipped_values"] else "0"
+        table.add_row(r["sampler"], str(r["steps"]), str(r["nfe"]), *vals, f"{1000 * r['seconds_per_sample']:.3f}", clipped)
+    table.caption = "floor (real vs real, same n): " + ", ".join(f"{k} {v:.4g}" for k, v in floors.items())
+    return table
+
+
 def _csv(rows: list[dict], keys: list[str]) -> str:
     cols = ["sampler", "steps", "nfe", *keys, "seconds_per_sample", "clipped_values", "clipped_fraction", "error"]
     buf = io.StringIO()
@@ -220,18 +249,7 @@ def _csv(rows: list[dict], keys: list[str]) -> str:
     return buf.getvalue()
 
 
-def _json_safe(obj):
-    """NaN and inf are not JSON: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-@app.command("speed")
+@app.command("speed", cls=Command)
 def speed(
     model: Annotated[str, typer.Option(help="Default models to time, comma-separated: 2d (mlp), mnist16 (unet 16x16), rgb32 (unet 32x32 RGB).")] = "2d,mnist16,rgb32",
     vs: Annotated[Optional[str], typer.Option(help="Also time diffusers' UNet2DModel + DDPMScheduler at a matched size, interleaved (needs `pip install diffusers`, the extra `bench`).")] = None,
@@ -243,15 +261,22 @@ def speed(
     precision: Annotated[str, typer.Option(help="auto (training in bf16 where `ddpmctl train` would use it: image models on CPUs with AMX; sampling in float32), fp32 or bf16 (training and sampling); both sides alike.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--out", help="Also write the results to this JSON file.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ):
     """Training and sampling images per second, and peak step memory, of the default networks."""
     from ddpmctl import speed as bench_speed  # diffusers and the profiler: `bench speed` only
+    from ddpmctl.checkpoint import atomic_write_bytes
+    from ddpmctl.devices import pick_device, set_threads
+
+    console = human(json_)
 
     models = _names(model, "--model")
     settings = bench_speed.Settings(train_steps=train_steps, nfe=nfe, repeats=repeats, batch_size=batch_size,
                                     compile=compile, precision=precision, vs=vs)
     bench_speed.check(models, settings)
+    if json_out is not None:
+        check_file(json_out, "--out")  # before anything is timed
     skipped = [m for m in models if not bench_speed.has_counterpart(m)]
     if vs and skipped:
         console.print(f"[yellow]note:[/yellow] diffusers has no counterpart of {', '.join(skipped)}; timing ddpmctl alone there.")
@@ -265,14 +290,21 @@ def speed(
             results.append(bench_speed.measure(m, s, dev, tick=lambda d: bar.update(task, description=d)))
             bar.advance(task)
     env = bench_speed.environment(dev)
-    _speed_table(results, env)
+    doc = {"environment": env, "settings": dataclasses.asdict(settings), "results": results}
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(json_out, json.dumps({"environment": env, "settings": dataclasses.asdict(settings), "results": results}, indent=2).encode())
+        atomic_write_bytes(json_out, json.dumps(doc, indent=2).encode())
+    if json_:
+        print_json(doc)
+    else:
+        for table in _speed_tables(results, env):
+            console.print(table)
+    if json_out is not None:
         console.print(f"saved {json_out}")
 
 
-def _speed_table(results: list[dict], env: dict) -> None:
+def _speed_tables(results: list[dict], env: dict) -> list[Table]:
+    tables = []
     for r in results:
         table = Table(title=f"{r['model']} ({r['network']}, batch {r['batch_size']}) on {env['device']}, {env['threads']} threads: "
                             f"medians of {r['repeats']} interleaved repeats")
@@ -283,4 +315,5 @@ def _speed_table(results: list[dict], env: dict) -> None:
                           f"{s['train_step_peak_mb']:.1f}", f"{s['sample_step_peak_mb']:.1f}")
         if "ratios" in r:
             table.add_row("[bold]ddpmctl / diffusers[/bold]", "", f"[bold]{r['ratios']['train']:.2f}x[/bold]", f"[bold]{r['ratios']['sample']:.2f}x[/bold]", "", "")
-        console.print(table)
+        tables.append(table)
+    return tables

@@ -1,15 +1,23 @@
-"""What the CLI commands share: the console, option parsing, errors."""
+"""What the CLI commands share: the consoles, option parsing, JSON output, Ctrl-C, loading a run.
+
+Like every CLI module, this one imports the library (and torch) only inside the functions that
+need it, so that `--help` answers without it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+import typer
 from rich.console import Console
 
-from ddpmctl.api import Run
 from ddpmctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ddpmctl.api import Run
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -40,10 +48,46 @@ def parse_options(items: Optional[list[str]], kinds: tuple[str, ...] | None = No
     return out
 
 
-def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None, compile: bool = False) -> Run:
-    """Load a run for sampling, and say what changed since its checkpoint was written."""
+def load_run(path: Path, device: str = "auto", checkpoint: Path | None = None, compile: bool = False, out: Console = console) -> Run:
+    """Load a run for sampling, and say (on ``out``) what changed since its checkpoint was written."""
+    from ddpmctl.api import Run
+
     run = Run.load(path, device, checkpoint, compile=compile)
     if run.model.changes:
-        console.print(f"[yellow]note:[/yellow] checkpoint of step {run.step} was written with other software: "
+        out.print(f"[yellow]note:[/yellow] checkpoint of step {run.step} was written with other software: "
                       + "; ".join(run.model.changes) + ".", soft_wrap=True)
     return run
+
+
+def human(json_: bool) -> Console:
+    """Where a command's lines for people go: stdout, or stderr when stdout carries --json."""
+    return err_console if json_ else console
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and inf are not JSON: they become null; paths and other objects become strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def print_json(doc: Any) -> None:
+    """The result of a command run with --json: one JSON document on stdout, nothing else there."""
+    typer.echo(json.dumps(json_safe(doc), indent=2, allow_nan=False))
+
+
+@contextlib.contextmanager
+def interruptible(what: str):
+    """Ctrl-C ends the command as it ends `train`: one line on stderr saying what was left
+    (``what``), and exit code 130 (128 + SIGINT), without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/yellow]: {what}", soft_wrap=True)
+        raise typer.Exit(130) from None

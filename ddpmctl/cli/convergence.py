@@ -6,23 +6,28 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from ddpmctl import convergence
-from ddpmctl.checkpoint import atomic_write_bytes
-from ddpmctl.cli.common import console
+from ddpmctl.cli.common import console, human, print_json
 from ddpmctl.stopping import LOSS_WINDOW, Threshold
 from ddpmctl.errors import OptionsError, RunError
-from ddpmctl.run import RunDir
+from ddpmctl.outputs import FIGURE, check_file, check_folder
+
+if TYPE_CHECKING:
+    from ddpmctl.run import RunDir
 
 
 def plot(run: Annotated[Path, typer.Argument(help="Run directory made by `ddpmctl train`.")]):
     """Draw a run's loss.png, convergence.png (loss and quality against steps and wall time) and
     samples-over-training.png again from its metrics.jsonl."""
+    from ddpmctl import convergence
+
     r = _open(run)
+    check_folder(r.path, "the run directory")
     for p in convergence.write_plots(r):
         console.print(f"plot: {p}")
     if not convergence.eval_records(r.metrics()):
@@ -34,10 +39,12 @@ def compare(
     quality: Annotated[Optional[str], typer.Option(help="Threshold NAME<=X or NAME>=X, e.g. wasserstein<=0.1, w2<=0.1 or loss<=0.4: steps and wall time each run took to reach it.")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Value of the evaluations to plot (default: the one --quality reads, else the first one of the first run).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="PNG to write; a .json of the table goes beside it (default: compare-RUN1-RUN2-....png in the first run's parent folder).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the table as one JSON document on stdout (notes go to stderr).")] = False,
 ):
     """Overlay the loss and quality curves of several runs (against steps and wall time) and tabulate
     final loss, final quality, and the steps and wall time each took to reach --quality."""
-    from ddpmctl import plots  # matplotlib: imported when a plot is drawn
+    from ddpmctl import convergence, plots  # plots: matplotlib, imported when a plot is drawn
+    from ddpmctl.checkpoint import atomic_write_bytes
 
     threshold = None
     if quality is not None:
@@ -68,20 +75,28 @@ def compare(
         raise OptionsError(f"--quality reads {threshold.name!r}, which none of these runs measured; they report: {', '.join(reported) or 'no evaluations (train with --eval-every N)'}.")
 
     rows = [_row(label, r, recs, key, threshold) for label, r, recs in zip(labels, opened, records)]
-    _print_table(rows, key, threshold)
+    if not json_:
+        _print_table(console, rows, key, threshold)
     if out is None:
         names = labels[:4] + ([f"and{len(labels) - 4}more"] if len(labels) > 4 else [])
         out = opened[0].path.parent / ("compare-" + "-".join(Path(n).name for n in names) + ".png")
+    check_file(out, "--out", FIGURE)  # the plot, and its table beside it, before anything is drawn
+    check_file(out.with_suffix(".json"), "--out")
     lines = {}
     if threshold is not None:
         lines = {"loss": threshold.value} if threshold.name == "loss" else {"metric": threshold}
     title = "loss" + (f" and {key}" if key else "") + " during training: " + ", ".join(labels)
     png = plots.convergence(list(zip(labels, records)), key, out, title=title, lines=lines, window=LOSS_WINDOW)
-    atomic_write_bytes(out.with_suffix(".json"), json.dumps({"quality": str(threshold) if threshold else None, "metric": key, "runs": rows}, indent=2).encode())
-    console.print(f"plot: {png}\ntable: {out.with_suffix('.json')}")
+    doc = {"quality": str(threshold) if threshold else None, "metric": key, "runs": rows}
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(doc, indent=2).encode())
+    human(json_).print(f"plot: {png}\ntable: {out.with_suffix('.json')}")
+    if json_:
+        print_json({**doc, "plot": str(png), "table": str(out.with_suffix(".json"))})
 
 
 def _open(path: Path) -> RunDir:
+    from ddpmctl.run import RunDir
+
     run = RunDir.open(path)
     if not run.metrics():
         raise RunError(f"run {run.path} has no metrics.jsonl records yet; train it with `ddpmctl train` first.")
@@ -89,6 +104,8 @@ def _open(path: Path) -> RunDir:
 
 
 def _row(label: str, run: RunDir, records: list[dict], key: Optional[str], threshold: Optional[Threshold]) -> dict:
+    from ddpmctl import convergence
+
     stop = convergence.read_stop(run.path) or {}
     row = {
         "run": label, "path": str(run.path), "stopped": stop.get("reason"),
@@ -106,7 +123,7 @@ def _fmt(v, spec=".4g") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
-def _print_table(rows: list[dict], key: Optional[str], threshold: Optional[Threshold]) -> None:
+def _print_table(console: Console, rows: list[dict], key: Optional[str], threshold: Optional[Threshold]) -> None:
     table = Table(title="convergence" + (f": steps and wall time to {threshold}" if threshold else ""))
     cols = ["run", "stopped by", "steps", "wall time (s)", "final loss (smoothed)", f"final {key}" if key else None]
     if threshold is not None:

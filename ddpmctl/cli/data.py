@@ -6,31 +6,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 
 from ddpmctl import registry
 from ddpmctl.cli.common import console, parse_options
+from ddpmctl.cli.face import Command, sub_app
 from ddpmctl.config import data_dir
-from ddpmctl.datasets.fetch import fetch as fetch_data
-from ddpmctl.diffusion import q_sample
-from ddpmctl.pipeline import build_dataset
+from ddpmctl.outputs import FIGURE, IMAGE, check_file
 
-app = typer.Typer(help="Fetch and look at datasets.", no_args_is_help=True)
+app = sub_app("Fetch and look at datasets.")
 
 
-@app.command("fetch")
+@app.command("fetch", cls=Command)
 def fetch(
     name: Annotated[str, typer.Argument(help="Dataset: mnist (also mnist16), fashion-mnist, cifar10 or emoji32.")],
     source: Annotated[Optional[Path], typer.Option("--from", help="Import the original files from this folder (or archive) instead of downloading; MD5s are checked.")] = None,
 ):
     """Download a dataset into the data directory ($DDPMCTL_DATA_DIR), or import it with --from DIR."""
+    from ddpmctl.datasets.fetch import fetch as fetch_data
+
     for line in fetch_data(name, source):
         console.print(line)
     console.print(f"data directory: {data_dir()}")
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 def show(
     name: Annotated[str, typer.Argument(help="Dataset plugin, for example spiral or 8gaussians.")],
     noise: Annotated[bool, typer.Option(help="Show the forward process q(x_t | x_0) at t = 0 ... T.")] = False,
@@ -41,7 +41,11 @@ def show(
     out: Annotated[Optional[Path], typer.Option(help="PNG path (default: NAME.png or NAME-noise.png here).")] = None,
 ):
     """Save a PNG of a dataset; with --noise, of x_t at eight times from t = 0 to T."""
+    import torch
+
     from ddpmctl import plots  # matplotlib: imported when a plot is drawn
+    from ddpmctl.diffusion import q_sample
+    from ddpmctl.pipeline import build_dataset
 
     opts = parse_options(option)
     if digits is not None:
@@ -49,8 +53,8 @@ def show(
     registry.validate_options("dataset", name, opts)
     sched = registry.build("schedule", schedule, {}) if noise else None
     ds = build_dataset(name, opts)
+    out = check_file(out or Path(f"{name}{'-noise' if noise else ''}.png"), "--out", FIGURE if ds.kind == "points" else IMAGE)
     x = ds.x[torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]]
-    out = out or Path(f"{name}{'-noise' if noise else ''}.png")
     if ds.kind == "points":
         if noise:
             T = sched.T

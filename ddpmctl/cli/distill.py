@@ -8,12 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ddpmctl import distributed
 from ddpmctl.cli.common import console, parse_options
 from ddpmctl.cli.render import Rich
 from ddpmctl.cli.train import run_session
 from ddpmctl.errors import OptionsError
-from ddpmctl.session import Session, distill_settings
 
 
 def distill(
@@ -39,6 +37,9 @@ def distill(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 (as `ddpmctl train`).")] = None,
 ):
     """Distill a trained run into a one- or two-step model; writes a new run (sample it with `ddpmctl sample NEW --steps 1`)."""
+    from ddpmctl import distributed
+    from ddpmctl.session import Session, distill_settings
+
     opts = parse_options(option, kinds=("method", "eval"))
     flags = dict(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, checkpoint_every=checkpoint_every,

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ddpmctl.cli.common import console, load_run, parse_options
+from ddpmctl.cli.common import human, interruptible, load_run, parse_options, print_json
 from ddpmctl.cli.render import Rich
+from ddpmctl.outputs import check_folder
 
 
 def evaluate(
@@ -24,10 +25,13 @@ def evaluate(
     classes: Annotated[Optional[str], typer.Option("--class", help="Conditional models: sample these classes (comma list; default all) for class-accuracy and cas.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale when sampling a conditional model.")] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print the results as one JSON document on stdout (notes and progress go to stderr).")] = False,
 ):
     """Compute metrics between a run's samples and real data; saves JSON in RUN/eval/."""
-    run_ = load_run(run, device)
-    with Rich(console) as events:
+    console = human(json_)
+    run_ = load_run(run, device, out=console)
+    check_folder(run_.path / "eval", "the evaluation folder")  # before any sampling
+    with interruptible("the evaluation stopped before any result was saved; run the command again to evaluate."), Rich(console, lines=True) as events:
         ev = run_.evaluate(metric, n, sampler, steps, seed, samples, [classes] if classes else None, guidance,
                            options=parse_options(option, kinds=tuple(metric)), events=events)
     paths = ev.save()
@@ -45,8 +49,12 @@ def evaluate(
             ratio = value / floor if floor else float("nan")
             table.add_row(key, f"{value:.4g}", f"{floor:.4g}", f"{ratio:.2f}")
         console.print(f"[dim]{name} protocol:[/dim] {protocol_line(result.protocol, rec)}; all of it in {path}", soft_wrap=True)
-    console.print(table)
+    if not json_:
+        console.print(table)
     console.print(f"saved in {ev.run / 'eval'}")
+    if json_:
+        print_json({"run": str(ev.run), "step": ev.step, "n": len(ev.samples), "sampling": rec,
+                    "metrics": {name: {**result.to_dict(), "path": str(path)} for (name, result), path in zip(ev.results.items(), paths)}})
 
 
 def protocol_line(protocol: dict, sampling: dict) -> str:

@@ -4,16 +4,19 @@ encoded by DDIM inversion), decoded with deterministic DDIM; a PNG strip (or pat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 
 from ddpmctl.cli.common import console, load_run
+from ddpmctl.config import MAX_SEED
 from ddpmctl.errors import OptionsError
-from ddpmctl.interpolation import encode, interpolate as walk
-from ddpmctl.pipeline import Model
-from ddpmctl.samplers.base import SPACINGS
+from ddpmctl.outputs import FIGURE, IMAGE, check_file, check_folder
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddpmctl.pipeline import Model
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:
@@ -39,6 +42,11 @@ def interpolate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ):
     """Interpolate between two seeds (slerp of x_T) or two real examples (DDIM inversion, slerp, decode)."""
+    import torch
+
+    from ddpmctl.interpolation import encode, interpolate as walk
+    from ddpmctl.samplers.base import SPACINGS
+
     run_ = load_run(run, device)
     model = run_.model
     few_step = model.method is not None  # decoded with its own jumps
@@ -54,6 +62,10 @@ def interpolate(
     shape = model.shape  # what the network denoises: a latent model's latents
     points = model.data.kind == "points"
     dest = model.run.path / "interpolate"
+    if out is not None:  # a plot of paths (2-D) or an image strip, checked before any sampling
+        check_file(out, "--out", FIGURE if points else IMAGE)
+    else:
+        check_folder(dest, "the interpolation folder")
 
     real = None
     if images is not None:
@@ -70,6 +82,9 @@ def interpolate(
         stem = f"images-{i}-{j}-{steps}steps"
     else:
         a, b = _pair(seeds, "--seeds")
+        for seed in (a, b):
+            if not 0 <= seed <= MAX_SEED:
+                raise OptionsError(f"--seeds {seed} is outside 0..{MAX_SEED}; choose seeds in that range.")
         rows = n if points else 1
         z0 = torch.randn((rows, *shape), generator=torch.Generator().manual_seed(a)).to(model.device)
         z1 = torch.randn((rows, *shape), generator=torch.Generator().manual_seed(b)).to(model.device)
@@ -80,10 +95,16 @@ def interpolate(
 
     x = walk(den, z0, z1, frames, steps, y, spacing, few_step)  # (K, B, *shape)
     x = model.decode(x.flatten(0, 1)).unflatten(0, x.shape[:2]).float().cpu()  # (K, B, *image shape)
-    path = out or dest / f"{stem}.png"
+    _draw(model, x, real, out or dest / f"{stem}.png", stem, frames)
+
+
+def _draw(model: Model, x: torch.Tensor, real: Optional[torch.Tensor], path: Path, stem: str, frames: int) -> None:
+    """The walk as paths over the data (2-D) or a strip of images, the real ends beside it."""
+    import torch
+
     from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
-    if points:
+    if model.data.kind == "points":
         data = model.dataset().fresh(2000, 0)[0]
         plots.paths_2d(x, data, path, title=f"{model.run.path.name}: {stem}, {frames} frames (DDIM, slerp of x_T)",
                        ends=None if real is None else real.float().cpu())
@@ -100,6 +121,8 @@ def interpolate(
 
 def _label(model: Model, class_: Optional[int]) -> Optional[torch.Tensor]:
     """The label row for a conditional model: --class, or the null label; None when unconditional."""
+    import torch
+
     k = model.num_classes
     if k == 0:
         if class_ is not None:

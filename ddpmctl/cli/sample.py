@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 from rich.progress import Progress
 
-from ddpmctl.api import Run
-from ddpmctl.cli.common import console, load_run, parse_options
+from ddpmctl.cli.common import console, interruptible, load_run, parse_options
 from ddpmctl.cli.render import Rich
-from ddpmctl.datasets.base import to_uint8
 from ddpmctl.errors import OptionsError
-from ddpmctl.export import check_target, write as write_export
-from ddpmctl.pipeline import versions
-from ddpmctl.samples import Samples
+from ddpmctl.outputs import IMAGE, check_file, check_folder
+
+if TYPE_CHECKING:
+    from ddpmctl.api import Run
+    from ddpmctl.samples import Samples
 
 
 def sample(
@@ -40,14 +39,19 @@ def sample(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Run the network through torch.compile: a slow first batch, then faster ones (worth it for many steps).")] = False,
 ):
     """Sample from a run's EMA weights; writes samples (.npz) and a PNG of them over the data."""
+    from ddpmctl.export import check_target
+
     run_ = load_run(run, device, compile=compile)
     run_.check_steps(steps)
     images = run_.data.kind == "images"
+    check_folder(out or run_.path / "samples", "--out" if out else "the samples folder")  # every output checked before sampling
+    if grid is not None:
+        check_file(grid, "--grid", IMAGE)
     if export is not None:
         check_target(export)
         if not images:
             raise OptionsError(f"--export writes image files, but {run_.path} is a model of 2-D points; use the .npz that `ddpmctl sample` writes.")
-    with Rich(console) as events:
+    with interruptible("sampling stopped before any file was written; run the command again to sample."), Rich(console, lines=True) as events:
         drawn = run_.sample(n, sampler, steps, seed, classes, guidance, per_class, clip=clip, dynamic_threshold=dynamic_threshold,
                             options=parse_options(option), batch_size=batch_size, trajectory=trajectory, events=events)
     stem = f"{drawn.record['sampler']}-{drawn.record['steps']}steps-seed{seed}" + _label_stem(classes, guidance, drawn.labels)
@@ -65,6 +69,10 @@ def sample(
 
 def _export(run: Run, drawn: Samples, folder: Path, per_class: Optional[int]) -> None:
     """The samples as a labelled image folder with a manifest of how they were drawn."""
+    from ddpmctl.datasets.base import to_uint8
+    from ddpmctl.export import write as write_export
+    from ddpmctl.pipeline import versions
+
     cfg, rec = run.config, drawn.record
     manifest = {
         "run": str(run.path.resolve()), "model": {k: getattr(cfg, k) for k in ("data", "data_options", "network", "cond", "prediction")},
@@ -91,6 +99,8 @@ def _label_stem(classes, guidance: float, labels) -> str:
 
 def _image_pictures(drawn: Samples, out: Path, stem: str, grid: Optional[Path]) -> None:
     """A PNG grid of the samples (one row per class block when they fit), and of the trajectory."""
+    import torch
+
     from ddpmctl import plots  # matplotlib: imported when a plot is drawn
 
     x, labels, frames = drawn.x, drawn.labels, drawn.trajectory

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ddpmctl import sweeps
 from ddpmctl.cli.common import console, parse_value
 from ddpmctl.cli.convergence import compare
 from ddpmctl.cli.render import Rich
@@ -27,7 +26,7 @@ def sweep(
     runs_dir: Annotated[Optional[Path], typer.Option(help="Where the sweep's folder is made (default: the runs_dir setting, runs).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Dataset plugin of every cell.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training iterations of every cell.")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help=f"Evaluate every cell every N steps, the same way (default {sweeps.DEFAULT_EVAL_EVERY}; 0: never).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every cell every N steps, the same way (default 500; 0: never).")] = None,
     eval_metric: Annotated[Optional[str], typer.Option(help="Metric of the evaluations (default: wasserstein for 2-D, classifier-fid for 1-channel images, else fid).")] = None,
     eval_n: Annotated[Optional[int], typer.Option(help="Samples per evaluation (default: 500 for 2-D, 256 for images).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--set", "-o", help="KEY=VALUE shared by every cell, KEY as in --grid (repeatable), e.g. --set batch_size=256 --set network.depth=2.")] = None,
@@ -36,6 +35,8 @@ def sweep(
 ):
     """Train one run per combination of the --grid values, the same evaluation for every run, and
     compare them. Run the same command again to resume: finished cells are not run again."""
+    from ddpmctl import sweeps
+
     if quality is not None:
         try:
             Threshold.parse(quality)

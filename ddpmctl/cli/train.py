@@ -4,19 +4,18 @@ and turn Ctrl-C / SIGTERM into a checkpoint and a clean stop."""
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 
-from ddpmctl import distributed
 from ddpmctl.cli.common import console, parse_options
 from ddpmctl.cli.render import Rich
-from ddpmctl.session import Session
+
+if TYPE_CHECKING:
+    from ddpmctl.session import Session
 
 
 def train(
@@ -45,7 +44,7 @@ def train(
     until_loss: Annotated[Optional[float], typer.Option(help="Stop when the smoothed loss (mean of the last 5 logged) is at most X (0: off).")] = None,
     until_metric: Annotated[Optional[str], typer.Option(help="Stop when an evaluation reaches NAME<=X or NAME>=X, e.g. wasserstein<=0.1 (none: off).")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop when the run's wall time reaches this: seconds, or 90s, 15m, 1h (0: no limit).")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, process, method, eval (the --eval-metric) (repeatable).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option KIND.KEY=VALUE, KIND one of data, network, schedule, process, method, eval (the --eval-metric), tracker (repeatable).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (below env and flags).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory from its last good checkpoint.")] = None,
     latent: Annotated[Optional[Path], typer.Option(help="Latent diffusion: train on the latents of this autoencoder run (`ddpmctl autoencoder train`); samples are decoded to images.")] = None,
@@ -53,9 +52,13 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads of each process (default: torch's, or the cores divided among the processes of a torchrun launch).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Run the network through torch.compile: a slow first step, then faster ones.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast for images on CPUs with AMX; else float32, with TF32 on CUDA), fp32 or bf16.")] = None,
+    tracker: Annotated[Optional[str], typer.Option(help="Also send the metrics.jsonl records and the sample grids to this experiment tracker: tensorboard (event files in RUN/tensorboard/; pip install \"ddpmctl[tensorboard]\"); none: off.")] = None,
 ):
     """Train a diffusion model; writes runs/<name>/ with config, checkpoints, metrics and plots."""
-    opts = parse_options(option, kinds=("data", "network", "schedule", "process", "method", "eval"))
+    from ddpmctl import distributed
+    from ddpmctl.session import Session
+
+    opts = parse_options(option, kinds=("data", "network", "schedule", "process", "method", "eval", "tracker"))
     if digits is not None:
         opts["data"]["digits"] = digits
     flags = dict(
@@ -66,7 +69,7 @@ def train(
         process_options=opts["process"] or None, method=method, method_options=opts["method"] or None,
         eval_every=eval_every, eval_metric=eval_metric, eval_n=eval_n, eval_options=opts["eval"] or None,
         until_loss=until_loss, until_metric=until_metric, max_time=max_time,
-        threads=threads, compile=compile, precision=precision, latent=latent,
+        threads=threads, compile=compile, precision=precision, latent=latent, tracker=tracker, tracker_options=opts["tracker"] or None,
     )
     if not distributed.world_from_env().main:
         console.quiet = True  # rank 0 alone prints, draws the progress bar and writes
@@ -78,10 +81,10 @@ def train(
 def run_session(session: Session, events: Rich) -> None:
     """Show the run, train it under the progress bar, and say how it ended (`train`, `distill`)."""
     s, world = session.s, session.world
-    console.print(f"[bold]run[/bold] {session.run_dir.path}  ({session.record.parameters:,} parameters, device {session.device}, {torch.get_num_threads()} threads)")
+    for label, text in summary(session):
+        console.print(f"[bold]{label:<9}[/bold] {text}", soft_wrap=True)
     if world.distributed:
         console.print(f"data-parallel: {world.size} processes x {session.rank_batch} examples = batch {s.batch_size}")
-    console.print_json(json.dumps(s.model_dump(mode="json")))
     with signals() as caught, events:
         outcome = session.run(stop=lambda: caught["signal"] is not None)
     if outcome.reason == "interrupted":
@@ -91,6 +94,30 @@ def run_session(session: Session, events: Rich) -> None:
         console.print(f"[green]stopped[/green] at step {outcome.step} of {outcome.steps} ({outcome.reason}: {outcome.explanation}); checkpoint saved. Next: ddpmctl sample {outcome.run}")
         return
     console.print(f"[green]done[/green]: {outcome.steps} steps in {outcome.seconds:.1f} s. Next: ddpmctl sample {outcome.run}")
+
+
+def summary(session: Session) -> list[tuple[str, str]]:
+    """What is about to be trained, in a few labelled lines; every setting is in config.json."""
+    import torch
+
+    s, ds = session.s, session.ds
+    shape = "x".join(map(str, ds.shape))
+    data = f"{s.data}: {len(ds):,} " + ("2-D points" if ds.kind == "points" and ds.shape == (2,) else f"{ds.kind} of shape {shape}")
+    if ds.num_classes and s.cond == "class":
+        data += f", {ds.num_classes} classes (class-conditional)"
+    if s.latent is not None:
+        data += f", trained on the latents of {s.latent}"
+    objective = s.process + (f" ({s.prediction} prediction, {s.schedule} schedule)" if s.process == "ddpm" else "")
+    objective += "".join(part for cond, part in ((s.method, f", method {s.method}"), (s.learn_sigma, ", learned variance"),
+                                                 (s.loss_weighting != "none", f", {s.loss_weighting} loss weighting")) if cond)
+    return [
+        ("run", f"{session.run_dir.path}  (every setting in {session.run_dir.path / 'config.json'})"),
+        ("data", data),
+        ("network", f"{s.network}, {session.record.parameters:,} parameters"),
+        ("objective", objective),
+        ("training", f"{s.steps:,} steps, batch {s.batch_size}, lr {s.lr:g}"),
+        ("device", f"{session.device}, {torch.get_num_threads()} threads" + (", bf16" if session.loop.bf16 else "")),
+    ]
 
 
 @contextlib.contextmanager

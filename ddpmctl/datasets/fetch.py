@@ -19,15 +19,17 @@ import contextlib
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from ddpmctl import registry
-from ddpmctl.checkpoint import atomic_write_bytes
 from ddpmctl.config import data_dir
 from ddpmctl.datasets import images, mnist
-from ddpmctl.errors import DataError
+from ddpmctl.errors import DataError, WriteError
+from ddpmctl.outputs import atomic_write_bytes, check_folder, write_error
 
 ALIASES = {"mnist16": "mnist"}
 FETCHABLE = ("mnist", "mnist16", "fashion-mnist", "cifar10", "emoji32")
@@ -114,11 +116,7 @@ def import_cifar10(source: Path) -> list[str]:
         got = md5(archive.read_bytes())
         if got != images.CIFAR10_MD5:
             raise DataError(f"{archive} is not the original cifar-10-binary.tar.gz: its MD5 is {got}, expected {images.CIFAR10_MD5}.")
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(root, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise DataError(f"{archive} could not be extracted ({exc}); get an undamaged copy.") from None
+        extract_cifar10(archive, root, dest)
         return [f"imported CIFAR-10 from {archive} into {dest}"]
     folder = next((d for d in (source, source / images.CIFAR10_FOLDER) if all((d / n).is_file() for n in names)), None)
     if folder is None:
@@ -134,6 +132,27 @@ def import_cifar10(source: Path) -> list[str]:
     for n in names:
         atomic_write_bytes(dest / n, (folder / n).read_bytes())
     return [f"imported CIFAR-10 from {folder} into {dest}"]
+
+
+def extract_cifar10(archive: Path, root: Path, dest: Path) -> None:
+    """The archive's batches into ``dest``, through a temporary folder beside it: each file lands
+    whole, by a rename, or not at all (a full disk leaves what was there)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".cifar10-") as tmp:
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+            except tarfile.TarError as exc:
+                raise DataError(f"{archive} could not be extracted ({exc}); get an undamaged copy.") from None
+            got = Path(tmp) / images.CIFAR10_FOLDER
+            if not got.is_dir():
+                raise DataError(f"{archive} has no {images.CIFAR10_FOLDER} folder; get the original cifar-10-binary.tar.gz.")
+            dest.mkdir(exist_ok=True)
+            for f in sorted(got.iterdir()):
+                os.replace(f, dest / f.name)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
 
 
 def download_cifar10() -> list[str]:
@@ -155,18 +174,49 @@ def download_cifar10() -> list[str]:
 
 
 def import_folder(name: str, source: Path) -> list[str]:
+    """Copy a folder of images to ``<data dir>/NAME`` as a whole: into a temporary folder beside
+    it, then renamed over it, so that a full disk leaves the previous import as it was and a new
+    import replaces the old one rather than mixing with it."""
     files, _ = images._list_images(source)  # one sentence if missing, empty or unreadable
     dest = data_dir() / name
-    for p in files:
-        target = dest / p.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, target)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
+    except OSError as exc:
+        raise write_error(dest, exc) from None
+    try:
+        for p in files:
+            atomic_write_bytes(tmp / p.relative_to(source), p.read_bytes(), sync=False)
+        replace_folder(tmp, dest)
+    except WriteError as exc:  # named after where the import goes, not its temporary folder
+        raise (write_error(dest, exc.__cause__) if isinstance(exc.__cause__, OSError) else exc) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return [f"imported {len(files)} images from {source} into {dest}"]
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` where ``dest`` is, by renames: the old one is removed only once the new one is in place."""
+    old = new.with_name(new.name + ".old")
+    try:
+        if dest.exists():
+            os.replace(dest, old)
+        try:
+            os.replace(new, dest)
+        except OSError:
+            if old.exists():
+                os.replace(old, dest)  # put the previous import back
+            raise
+    except OSError as exc:
+        raise write_error(dest, exc) from None
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fetch(name: str, source: Path | None = None) -> list[str]:
     """Download (source None) or import (from a local folder) one dataset; returns what was done."""
     key = ALIASES.get(name, name)
+    if key in FETCHABLE:  # where it goes takes files, before anything is read or downloaded
+        check_folder(data_dir(), "the data directory (DDPMCTL_DATA_DIR)")
     if key in mnist.SOURCES:
         return import_mnist_like(key, Path(source)) if source else download_mnist_like(key)
     if key == "cifar10":

@@ -155,7 +155,12 @@ def _list_images(root: Path) -> tuple[list[Path], list[str] | None]:
         raise DataError(f"image folder {root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point root at a folder that has some.")
     in_sub = [p.relative_to(root).parts for p in files]
     if all(len(parts) >= 2 for parts in in_sub):
-        return files, sorted({parts[0] for parts in in_sub})
+        classes = sorted({parts[0] for parts in in_sub})
+        empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in classes)
+        if empty:  # a class without images would silently leave the model a class short
+            raise DataError(f"class folder {root / empty[0]} has no images, so the data would have {len(classes)} classes instead of "
+                            f"{len(classes) + len(empty)}; add images to it or remove it.")
+        return files, classes
     return files, None
 
 

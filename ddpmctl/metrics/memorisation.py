@@ -22,6 +22,7 @@ from ddpmctl.errors import DataError
 from ddpmctl.metrics.base import MetricResult
 from ddpmctl.metrics.fid import as_images, held_out
 from ddpmctl.metrics.inception import Progress, pick_device
+from ddpmctl.outputs import save_figure
 from ddpmctl.registry import PluginOptions, with_options
 
 
@@ -77,15 +78,10 @@ def save_pairs(path: Path, samples: torch.Tensor, neighbours: torch.Tensor, dist
         axes[r, c].set_title(f"sample, d={distances[j]:.2f}", fontsize=7)
         axes[r + 1, c].set_title("nearest train", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    except OSError as exc:
-        raise DataError(f"could not write {path} ({exc.strerror or exc}); choose another png path.") from None
+        return save_figure(fig, Path(path), dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return path
 
 
 class MemorisationOptions(PluginOptions):
