@@ -71,7 +71,7 @@ def load(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict
     """Read and verify a checkpoint; a missing, truncated or corrupted file is named."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass one of the files in RUN/checkpoints/.")
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             raw = f.metadata() or {}

@@ -230,7 +230,7 @@ def load_settings(cls: type[_Base], config_file: Path | None = None, base: dict 
         raise ConfigError(f"environment variable {var} is not valid JSON; set it to a JSON object such as '{{\"n\": 500}}' or unset it.") from None
     except Exception as exc:  # a TOML syntax error
         if type(exc).__name__ == "TOMLDecodeError":
-            raise ConfigError(f"config file {config_file} is not valid TOML ({exc}).") from None
+            raise ConfigError(f"config file {config_file} is not valid TOML ({exc}); fix that line or start from a config.json of a run.") from None
         raise
     finally:
         _toml_file.reset(token)
@@ -241,7 +241,7 @@ def check_config_file(path: Path) -> None:
     if path.is_dir():
         raise ConfigError(f"config file {path} is a directory; pass a TOML file (--config FILE.toml).")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist.")
+        raise ConfigError(f"config file {path} does not exist; check the path (--config FILE.toml).")
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raise ConfigError(f"config file {path} starts with a byte-order mark, which TOML does not allow; save it as UTF-8 without BOM.")

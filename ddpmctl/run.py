@@ -134,7 +134,7 @@ class RunDir:
         if not run.path.exists():
             raise RunError(f"run directory {run.path} does not exist; train one with `ddpmctl train` or check the path.")
         if not (run.path / "config.json").is_file():
-            raise RunError(f"{run.path} is not a ddpmctl run directory (no config.json).")
+            raise RunError(f"{run.path} is not a ddpmctl run directory (no config.json); pass a folder made by `ddpmctl train`.")
         return run
 
     @property
