@@ -278,3 +278,19 @@ def test_resuming_a_run_whose_checkpoints_are_gone_keeps_its_history(run):
     r = cli_here("train", "--resume", run, env=ENV)
     assert_clean_error(r, "has no checkpoint left", "metrics.jsonl goes to step 300", "put its checkpoints back")
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+def test_autoencoder_train_and_eval_keep_their_files(fault, monkeypatch, tmp_path):
+    write_images(tmp_path / "imgs", 160)
+    env = {"DDPMCTL_DATA_DIR": str(tmp_path / "data")}
+    data = ["--data", "imagefolder", "-o", f"data.root={tmp_path / 'imgs'}", "-o", "data.size=8", "-o", "data.held_out=0.25"]
+    tiny = ["-o", "autoencoder.channels=8", "-o", "autoencoder.channel_mult=[1,2]", "--batch-size", "8", "--threads", "1"]
+    assert_ok(cli_here("autoencoder", "train", *data, *tiny, "--steps", "4", "--name", "ae", "--runs-dir", tmp_path / "runs", env={**ENV, **env}))
+    ae = tmp_path / "runs" / "ae"
+    evaluate = ["autoencoder", "eval", ae, "--metric", "memorisation", "--n", "20"]
+    assert_ok(cli_here(*evaluate, env={**ENV, **env}))
+    before = snapshot(ae)
+    fails_cleanly(evaluate, ae, fault, 0, monkeypatch, env=env)
+    fails_cleanly(["autoencoder", "train", "--resume", ae, "--steps", "8"], ae, fault, 2, monkeypatch, env=env)
+    check_intact(ae, before, appended=("metrics.jsonl",), rewritten=("config.json",))
