@@ -265,6 +265,7 @@ def generated_cases(p: dict) -> list[tuple[str, list[str], dict]]:
         ("autoencoder train on 2-D data", ["autoencoder", "train", "--data", "moons", *never], {}),
         ("an image folder with an empty class folder", ["train", "--data", "imagefolder", "-o", f"data.root={t / 'classes'}", *never], {}),
         ("an image folder with a file that is not an image", ["train", "--data", "imagefolder", "-o", f"data.root={t / 'corrupt'}", *never], {}),
+        ("data fetch --from a folder holding a corrupt image", ["data", "fetch", "emoji32", "--from", str(t / "corrupt")], {"DDPMCTL_DATA_DIR": str(t / "fetched")}),
         ("sweep with an empty grid", ["sweep", "--name", "s", *never, "--grid", "lr="], {}),
         ("sweep over an unknown setting", ["sweep", "--name", "s", *never, "--grid", "speed=1,2"], {}),
     ]

@@ -178,6 +178,8 @@ def import_folder(name: str, source: Path) -> list[str]:
     it, then renamed over it, so that a full disk leaves the previous import as it was and a new
     import replaces the old one rather than mixing with it."""
     files, _ = images._list_images(source)  # one sentence if missing, empty or unreadable
+    for p in files:  # every image decodes, or the import is refused before anything is written
+        images._decode(p, 1, "rgb", "resize")
     dest = data_dir() / name
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
