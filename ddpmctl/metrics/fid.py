@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -217,22 +217,47 @@ def real_record(features: Features, dataset: Dataset, split: Literal["train", "h
 
 def real_stats(features: Features, dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int, progress: Progress = None, cache: bool = True) -> Stats:
     """Statistics of real images, read from the cache when an identical computation was done before."""
-    x = real_images(dataset, split, n, seed)
-    record, key = real_record(features, dataset, split, n, seed, x)
-    path = stats_dir() / f"{dataset.name}-{split}-n{n}-{features.name}-{key}.npz"
+    real = RealSet.of(features, dataset, split, n, seed)
+    path = real.path(".npz")
+    # The features themselves come through their own cache: KID and PRDC on the same images reuse them, and they reuse KID's.
+    return cached(path, real.record, load_stats, lambda: Stats.of(_real_features(features, real, progress, cache).x, real.record, path), cache)
+
+
+@dataclass
+class RealSet:
+    """The real images a statistic or a feature set is computed on, the record of what those
+    depend on (``real_record``) and the cache key hashed from it."""
+
+    x: torch.Tensor
+    record: dict
+    key: str
+    name: str  # DATASET-SPLIT-nN-FEATURES: how the cache files begin
+
+    @classmethod
+    def of(cls, features: Features, dataset: Dataset, split: Literal["train", "held-out"], n: int, seed: int) -> "RealSet":
+        x = real_images(dataset, split, n, seed)
+        record, key = real_record(features, dataset, split, n, seed, x)
+        return cls(x, record, key, f"{dataset.name}-{split}-n{n}-{features.name}")
+
+    def path(self, suffix: str) -> Path:
+        return stats_dir() / f"{self.name}-{self.key}{suffix}"
+
+
+def cached(path: Path, record: dict, load: Callable[[Path], Any], compute: Callable[[], Any], cache: bool = True) -> Any:
+    """What ``load(path)`` reads when the file's record is ``record`` (a damaged or stale file is
+    recomputed), else ``compute()``, written to ``path`` (``to_bytes``) when ``cache``."""
     if cache and path.is_file():
         try:
-            s = load_stats(path)
-            if s.record == record:
-                s.cached = True
-                return s
+            got = load(path)
+            if got.record == record:
+                got.cached = True
+                return got
         except DataError:
             pass  # a damaged cache file is recomputed and replaced
-    # The features themselves come through their own cache: KID and PRDC on the same images reuse them, and they reuse KID's.
-    s = Stats.of(real_features(features, dataset, split, n, seed, progress, cache).x, record, path)
+    out = compute()
     if cache:
-        atomic_write_bytes(path, s.to_bytes())
-    return s
+        atomic_write_bytes(path, out.to_bytes())
+    return out
 
 
 @dataclass
@@ -274,21 +299,21 @@ def real_features(features: Features, dataset: Dataset, split: Literal["train", 
     """Features of real images themselves (for metrics on the sets, not their moments: KID, PRDC),
     cached beside the statistics of ``real_stats`` under the same key and read back when an
     identical computation was done before."""
-    x = real_images(dataset, split, n, seed)
-    record, key = real_record(features, dataset, split, n, seed, x)
-    path = stats_dir() / f"{dataset.name}-{split}-n{n}-{features.name}-{key}.features.npz"
-    if cache and path.is_file():
-        try:
-            got = load_features(path)
-            if got.record == record and got.n == n:
-                got.cached = True
-                return got
-        except DataError:
-            pass  # a damaged cache file is recomputed and replaced
-    out = RealFeatures(np.asarray(features(x, progress, f"{features.name} features of {n} real images ({split})"), np.float64), record, path)
-    if cache:
-        atomic_write_bytes(path, out.to_bytes())
-    return out
+    return _real_features(features, RealSet.of(features, dataset, split, n, seed), progress, cache)
+
+
+def _real_features(features: Features, real: RealSet, progress: Progress, cache: bool) -> RealFeatures:
+    n, path = len(real.x), real.path(".features.npz")
+
+    def load(p: Path) -> RealFeatures:
+        got = load_features(p)
+        if got.n != n:
+            raise DataError(f"{p} holds {got.n} feature vectors where {n} are needed.")  # recomputed
+        return got
+
+    split = real.record["split"]
+    return cached(path, real.record, load, lambda: RealFeatures(
+        np.asarray(features(real.x, progress, f"{features.name} features of {n} real images ({split})"), np.float64), real.record, path), cache)
 
 
 # ---------------------------------------------------------------------------------------------
