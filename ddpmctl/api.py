@@ -226,7 +226,7 @@ class Run:
         events = events or Events()
         sampler = sampler or self.model.default_sampler
         self.check_steps(steps)
-        self.check_sampling(n, seed, guidance)
+        check_draw(seed, guidance, n, self.model.data.shape)  # before labels are made: their checks would misname a NaN guidance
         images = self.data.kind == "images"
         default_n = n or (64 if images else 2000)
         if labels is None:
@@ -252,11 +252,6 @@ class Run:
         x, rec = draw(self.model, n, sampler, steps, seed, options, batch_size or (256 if images else 2048), labels=labels,
                       guidance=guidance, clip_x0=clip, dynamic_threshold=dynamic_threshold, callback=keep if trajectory else None, on_batch=advance)
         return Samples(x, labels, rec, frames)
-
-    def check_sampling(self, n: Optional[int], seed: int, guidance: float) -> None:
-        """Values a sampling run refuses before it starts: a seed outside 63 bits, a guidance scale
-        that is not a number, and more samples than this machine's memory holds."""
-        check_draw(seed, guidance, n, self.model.data.shape)
 
     def check_steps(self, steps: Optional[int]) -> None:
         """A step count of sampling: at most the model's T training steps (a discrete model), or

@@ -39,6 +39,17 @@ class _Base(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    # Settings both commands have: a run name inside --runs-dir, a duration.
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _name(cls, v):
+        return check_run_name(v)
+
+    @field_validator("max_time", mode="before", check_fields=False)
+    @classmethod
+    def _duration(cls, v):
+        return None if v is None else parse_duration(v)
+
 
 def check_run_name(name: Optional[str]) -> Optional[str]:
     """A run name is one plain folder name inside --runs-dir: not empty, no separator, not . or ..
@@ -106,11 +117,6 @@ class TrainSettings(_Base):
     tracker: Optional[str] = Field(None, description="experiment tracker plugin that also receives the metrics.jsonl records and the sample grids: tensorboard (event files in runs/<name>/tensorboard/; needs pip install \"ddpmctl[tensorboard]\"); none: off")
     tracker_options: dict[str, Any] = Field(default_factory=dict, description="options of the tracker (tensorboard: flush_secs)")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return check_run_name(v)
-
     @field_validator("tracker", mode="before")
     @classmethod
     def _tracker(cls, v):
@@ -123,10 +129,6 @@ class TrainSettings(_Base):
             return None
         return str(Threshold.parse(v))
 
-    @field_validator("max_time", mode="before")
-    @classmethod
-    def _duration(cls, v):
-        return None if v is None else parse_duration(v)
 
 
 AE_ENV_PREFIX = ENV_PREFIX + "AE_"
@@ -165,15 +167,6 @@ class AutoencoderSettings(_Base):
     name: Optional[str] = Field(None, description="run name (default: ae-<data>-<date>-<time>)")
     data_dir: Optional[Path] = Field(None, description="where datasets are stored (default: ~/.cache/ddpmctl/data)")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return check_run_name(v)
-
-    @field_validator("max_time", mode="before")
-    @classmethod
-    def _duration(cls, v):
-        return None if v is None else parse_duration(v)
 
 
 # Keys of an autoencoder run that may change when it is resumed.
