@@ -37,10 +37,9 @@ from ddpmctl.devices import channels_last_pays, fast_math, pick_device, set_thre
 from ddpmctl.errors import ConfigError, DataError, RunError
 from ddpmctl.events import Events
 from ddpmctl.latent import Autoencoder, read_record, open_run, scale_factor
-from ddpmctl.outputs import check_folder
 from ddpmctl.pipeline import build_dataset, versions
 from ddpmctl.record import AutoencoderRecord, DataInfo, PluginInfo
-from ddpmctl.run import RunDir
+from ddpmctl.run import RunDir, check_run_folder
 from ddpmctl.training import Hooks, LoopConfig, TrainState, make_state, train as train_loop
 
 
@@ -106,7 +105,7 @@ class AutoencoderSession:
         s, run = settings(flags, config_file, resume)
         registry.validate_options("dataset", s.data, s.data_options)
         registry.validate_options("autoencoder", s.autoencoder, s.autoencoder_options)
-        check_folder(s.runs_dir if run is None else run.path, "--runs-dir" if run is None else "the run directory")  # before any work
+        check_run_folder(s.runs_dir, run)  # before any work
         set_threads(s.threads)
         device = pick_device(s.device)
         if s.data_dir is not None:  # the setting is where datasets look, as for `ddpmctl train`

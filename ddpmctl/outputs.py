@@ -36,6 +36,12 @@ def _umask() -> int:
     return mask
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked
+        view = view[os.write(fd, view):]
+
+
 def write_error(path: Path, exc: OSError) -> WriteError:
     """The sentence of a failed write of ``path``: a full disk, a read-only folder, no permission."""
     return WriteError(f"could not write {path} ({exc.strerror or exc}); free some disk space or choose a writable folder "
@@ -56,9 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
-            view = memoryview(data)
-            while view:  # os.write may write less than asked
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             if sync:
                 os.fsync(fd)
         finally:
@@ -94,9 +98,7 @@ def append_bytes(path: Path, data: bytes) -> None:
     size = None
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
     except OSError as exc:
         try:
             if size is not None:

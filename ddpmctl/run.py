@@ -25,7 +25,7 @@ import filelock
 
 from ddpmctl import checkpoint
 from ddpmctl.errors import CheckpointError, RunError, WriteError
-from ddpmctl.outputs import append_bytes, atomic_write_bytes, write_error
+from ddpmctl.outputs import append_bytes, atomic_write_bytes, check_folder, write_error
 from ddpmctl.record import RunRecord
 
 _CKPT = re.compile(r"^step-(\d+)\.safetensors$")
@@ -244,7 +244,7 @@ class RunDir:
         refused when it had written one (its ``latest`` pointer or stop.json is there), so that
         the history in metrics.jsonl is never thrown away with checkpoints that were removed."""
         if (self.path / "latest").exists() or (self.path / "stop.json").exists():
-            last = max((r.get("step", 0) for r in self.metrics() if isinstance(r, dict) and isinstance(r.get("step", 0), int)), default=0)
+            last = max((r.get("step", 0) for r in self.metrics()), default=0)  # metrics() keeps only records with an integer step
             raise RunError(f"run {self.path} has no checkpoint left though it had written some (metrics.jsonl goes to step {last}); "
                            f"put its checkpoints back in {self.checkpoint_dir}, or start a new run with --name.")
 
@@ -254,3 +254,12 @@ class RunDir:
         kept = [r for r in records if r.get("step", 0) <= step]
         if len(kept) < len(records):  # the file is rewritten only when records are dropped
             atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def check_run_folder(runs_dir: Path, run: Optional[RunDir]) -> None:
+    """Where a training session writes takes files: --runs-dir for a new run, the run itself when resumed."""
+    if run is None:
+        check_folder(runs_dir, "--runs-dir")
+    else:
+        check_folder(run.path, "the run directory")
+

@@ -35,12 +35,11 @@ from ddpmctl.events import Events
 from ddpmctl.grids import few_step_picture, preview
 from ddpmctl.latent import COPY_NAME, Autoencoder, latent_dataset
 from ddpmctl.methods import Method
-from ddpmctl.outputs import check_folder
 from ddpmctl.pipeline import (Model, build_dataset, build_method, build_network, build_process, check_method, check_process, check_teacher, load_copy, load_model, INHERITED,
                               plugin_record, provenance_changes, resolve, run_name, start_from, versions)
 from ddpmctl.processes import Process
 from ddpmctl.record import DataInfo, RunRecord
-from ddpmctl.run import RunDir
+from ddpmctl.run import RunDir, check_run_folder
 from ddpmctl.training import Hooks, LoopConfig, TrainState, make_state, train as train_loop
 
 
@@ -109,14 +108,6 @@ def check_names(s: TrainSettings, teacher: bool = True) -> None:
         registry.validate_options("network", s.network, s.network_options)
     if s.tracker is not None:  # its options, and its optional package installed
         trackers.check(s.tracker, s.tracker_options)
-
-
-def check_outputs(s: TrainSettings, run: Optional[RunDir]) -> None:
-    """Where the session writes takes files: --runs-dir for a new run, the run itself when resumed."""
-    if run is None:
-        check_folder(s.runs_dir, "--runs-dir")
-    else:
-        check_folder(run.path, "the run directory")
 
 
 def check_resolved(s: TrainSettings, ds: Dataset) -> TrainSettings:
@@ -206,7 +197,7 @@ class Session:
         check_names(s, teacher=resume is None)  # before anything heavy is built
         world = distributed.world_from_env()  # torchrun: this process's rank; else one process
         if world.main:  # rank 0 alone writes: its outputs are checked, and a resumed run locked for it
-            check_outputs(s, run)
+            check_run_folder(s.runs_dir, run)
             if run is not None:
                 run.lock()
         session = None
