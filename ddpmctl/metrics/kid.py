@@ -162,10 +162,11 @@ class FeatureSets:
 
 def feature_sets(samples: torch.Tensor, dataset: Dataset, feats: fidlib.Features, n_ref: Optional[int], ref_seed: int,
                  progress: Progress = None, cache: bool = True) -> FeatureSets:
-    """Features of the samples, of ``n_ref`` training images (default: as many as samples) and of as
-    many held-out images as samples (the floor set), the real ones read from the cache when an
-    identical computation was done before (``fid.real_features``), as ``fid.compare`` does for statistics."""
-    samples = fidlib.as_images(samples, dataset)
+    """Features of the samples (images as ``fid.as_images`` returns them: the metric has checked
+    them before choosing a feature network), of ``n_ref`` training images (default: as many as
+    samples) and of as many held-out images as samples (the floor set), the real ones read from the
+    cache when an identical computation was done before (``fid.real_features``), as ``fid.compare``
+    does for statistics."""
     n = len(samples)
     t0 = time.perf_counter()
     reference = fidlib.real_features(feats, dataset, "train", n_ref or min(n, len(dataset)), ref_seed, progress, cache)
